@@ -1,0 +1,206 @@
+// watch.js — the WebRTC viewer: WHEP from /whep/<stream>, live stats, reconnect with backoff.
+//
+// Query parameters: token (Bearer for WHEP).
+// For tests: window.castViewer = {pc, state, session, reconnects, lastError, stats()} where stats() resolves
+// to the inbound-rtp video stats (a plain object) or null.
+
+import { pageTarget, WishError, whepPlay } from "./wish.js";
+
+const STATS_INTERVAL_MS = 1000;
+const BACKOFF_MIN_MS = 1000;
+const BACKOFF_MAX_MS = 15000;
+const DISCONNECTED_GRACE_MS = 5000; // "disconnected" often heals by itself; give ICE this long
+const STALL_RECONNECT_MS = 15000; // connected but no new decoded frame for this long: start over
+
+const { stream: streamName, token } = pageTarget("watch");
+const whepUrl = `/whep/${encodeURIComponent(streamName)}`;
+
+const els = {
+  name: document.getElementById("stream-name"),
+  video: document.getElementById("player"),
+  badge: document.getElementById("live-badge"),
+  unmute: document.getElementById("unmute"),
+  reconnect: document.getElementById("reconnect"),
+  status: document.getElementById("status"),
+  stats: document.getElementById("stats"),
+};
+
+let session = null;
+let attempt = 0; // consecutive failed attempts, drives the backoff
+let retryTimer = null;
+let graceTimer = null;
+let lastProgress = { frames: -1, at: 0 };
+let lastBytes = null;
+
+const viewer = {
+  get pc() {
+    return session ? session.pc : null;
+  },
+  state: "idle", // idle | connecting | waiting | playing | retrying
+  session: null,
+  reconnects: 0,
+  lastError: null,
+  stats: inboundVideoStats,
+};
+window.castViewer = viewer;
+
+function setState(state, message) {
+  viewer.state = state;
+  els.status.dataset.state = state;
+  els.status.textContent = message;
+  els.badge.hidden = state !== "playing";
+}
+
+async function inboundVideoStats() {
+  const pc = viewer.pc;
+  if (!pc) return null;
+  const report = await pc.getStats();
+  let found = null;
+  report.forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "video") found = { ...s };
+  });
+  return found;
+}
+
+async function connect() {
+  clearTimeout(retryTimer);
+  clearTimeout(graceTimer);
+  retryTimer = null;
+  closeSession();
+  setState("connecting", `Connecting to ${whepUrl}…`);
+  try {
+    const result = await whepPlay(whepUrl, { token });
+    session = result.session;
+    viewer.session = session;
+    els.video.srcObject = result.stream;
+    lastProgress = { frames: -1, at: performance.now() };
+    watchConnection(session);
+  } catch (err) {
+    viewer.lastError = err instanceof WishError ? { status: err.status, body: err.body } : { status: 0, body: String(err) };
+    let why = err.message;
+    if (err instanceof WishError && err.status === 503 && err.fallback) {
+      why = `Server full (fallback offered: ${err.fallback}, not available on this page yet)`;
+    }
+    scheduleReconnect(why);
+  }
+}
+
+function watchConnection(current) {
+  const pc = current.pc;
+  const update = () => {
+    if (session !== current) return;
+    switch (pc.connectionState) {
+      case "connected":
+        clearTimeout(graceTimer);
+        setState("waiting", "Connected, waiting for video…");
+        break;
+      case "disconnected":
+        setState("waiting", "Connection interrupted, waiting for it to recover…");
+        clearTimeout(graceTimer);
+        graceTimer = setTimeout(() => {
+          if (session === current && pc.connectionState !== "connected") scheduleReconnect("Connection lost");
+        }, DISCONNECTED_GRACE_MS);
+        break;
+      case "failed":
+      case "closed":
+        scheduleReconnect(`Connection ${pc.connectionState}`);
+        break;
+      default:
+        break;
+    }
+  };
+  pc.addEventListener("connectionstatechange", update);
+  update();
+}
+
+function closeSession() {
+  if (session) session.close();
+  session = null;
+  viewer.session = null;
+  lastBytes = null;
+}
+
+function scheduleReconnect(reason) {
+  closeSession();
+  attempt += 1;
+  const base = Math.min(BACKOFF_MIN_MS * 2 ** (attempt - 1), BACKOFF_MAX_MS);
+  const delay = Math.round(base * (1 + Math.random() * 0.2));
+  setState("retrying", `${reason} — retrying in ${(delay / 1000).toFixed(1)} s (attempt ${attempt + 1})`);
+  clearTimeout(retryTimer);
+  retryTimer = setTimeout(() => {
+    viewer.reconnects += 1;
+    connect();
+  }, delay);
+}
+
+function fmt(n, digits = 0) {
+  return n == null || Number.isNaN(n) ? "–" : Number(n).toFixed(digits);
+}
+
+async function tick() {
+  const s = await inboundVideoStats().catch(() => null);
+  if (!s) {
+    els.stats.replaceChildren();
+    return;
+  }
+  const now = performance.now();
+  const frames = s.framesDecoded || 0;
+  if (frames !== lastProgress.frames) {
+    lastProgress = { frames, at: now };
+    if (frames > 0 && viewer.state !== "playing") {
+      attempt = 0;
+      setState("playing", `Playing ${streamName}.`);
+    }
+  } else if (viewer.state === "playing" || viewer.state === "waiting") {
+    if (now - lastProgress.at > STALL_RECONNECT_MS) {
+      scheduleReconnect(`No video for ${Math.round(STALL_RECONNECT_MS / 1000)} s`);
+      return;
+    }
+  }
+  let kbps = null;
+  if (lastBytes && s.timestamp > lastBytes.timestamp) {
+    kbps = ((s.bytesReceived - lastBytes.bytes) * 8) / (s.timestamp - lastBytes.timestamp);
+  }
+  lastBytes = { bytes: s.bytesReceived || 0, timestamp: s.timestamp };
+  const bufferMs = s.jitterBufferEmittedCount ? (s.jitterBufferDelay / s.jitterBufferEmittedCount) * 1000 : null;
+  renderList(els.stats, [
+    ["resolution", s.frameWidth ? `${s.frameWidth}×${s.frameHeight}` : "–"],
+    ["fps", fmt(s.framesPerSecond)],
+    ["frames decoded", fmt(s.framesDecoded)],
+    ["frames dropped", fmt(s.framesDropped)],
+    ["freezes", `${fmt(s.freezeCount)} (${fmt(s.totalFreezesDuration, 1)} s)`],
+    ["packets lost", fmt(s.packetsLost)],
+    ["jitter buffer", bufferMs == null ? "–" : `${fmt(bufferMs)} ms`],
+    ["bitrate", kbps == null ? "–" : `${fmt(kbps)} kbit/s`],
+    ["reconnects", String(viewer.reconnects)],
+  ]);
+}
+
+function renderList(dl, rows) {
+  dl.replaceChildren(
+    ...rows.flatMap(([k, v]) => {
+      const dt = document.createElement("dt");
+      dt.textContent = k;
+      const dd = document.createElement("dd");
+      dd.textContent = v;
+      return [dt, dd];
+    }),
+  );
+}
+
+els.unmute.addEventListener("click", () => {
+  els.video.muted = !els.video.muted;
+  els.unmute.textContent = els.video.muted ? "Unmute" : "Mute";
+  els.video.play().catch(() => {});
+});
+els.reconnect.addEventListener("click", () => {
+  attempt = 0;
+  viewer.reconnects += 1;
+  connect();
+});
+window.addEventListener("pagehide", () => closeSession());
+
+els.name.textContent = streamName;
+document.title = `Watch ${streamName} · webrtc-cast`;
+setInterval(tick, STATS_INTERVAL_MS);
+connect();

@@ -1,0 +1,3 @@
+from webrtc_cast.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""The ``webrtc-cast`` command: serve, demo, publish, watch. Every subcommand has ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from webrtc_cast.settings import PUBLISH_TOKEN_ENV, VIEW_TOKEN_ENV, Settings
+
+logger = logging.getLogger("webrtc_cast")
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="HTTP listen address (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default: 8080)")
+    p.add_argument(
+        "--ice-host",
+        action="append",
+        dest="ice_hosts",
+        metavar="ADDR",
+        help="address to gather and announce ICE candidates on; repeat for several (default: 127.0.0.1)",
+    )
+    p.add_argument(
+        "--publish-token",
+        action="append",
+        dest="publish_tokens",
+        metavar="TOKEN",
+        help=f"Bearer token that may publish over WHIP; repeatable; also ${PUBLISH_TOKEN_ENV} "
+        "(comma-separated). With none, ingest is open.",
+    )
+    p.add_argument(
+        "--view-token",
+        action="append",
+        dest="view_tokens",
+        metavar="TOKEN",
+        help=f"Bearer token required to watch over WHEP; also ${VIEW_TOKEN_ENV}. With none, viewing is open.",
+    )
+    p.add_argument("--max-viewers", type=int, default=Settings().max_viewers, help="WHEP sessions per node")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        host=args.host,
+        port=args.port,
+        ice_hosts=args.ice_hosts or ["127.0.0.1"],
+        publish_tokens=args.publish_tokens or [],
+        view_tokens=args.view_tokens or [],
+        max_viewers=args.max_viewers,
+    )
+
+
+async def _run_server(settings: Settings, after_start=None) -> None:  # noqa: ANN001
+    from signaling.http_api import create_app
+    from webrtc_cast.node import Node
+
+    node = Node(settings)
+    app = create_app(node)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    base = f"http://{settings.host}:{settings.port}"
+    logger.info("webrtc-cast listening on %s (ICE on %s)", base, ", ".join(settings.ice_hosts))
+    if not settings.publish_tokens:
+        logger.warning("*** NO PUBLISH TOKEN CONFIGURED: anyone who reaches %s/whip/ can publish ***", base)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    extra: asyncio.Task | None = None
+    if after_start is not None:
+        extra = asyncio.create_task(after_start(base))
+        extra.add_done_callback(lambda t: None if t.cancelled() or not t.exception() else logger.error(
+            "demo publisher stopped: %s", t.exception()))
+    try:
+        await stop.wait()
+    finally:
+        if extra is not None:
+            extra.cancel()
+            with contextlib.suppress(BaseException):
+                await extra
+        await runner.cleanup()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    asyncio.run(_run_server(_settings(args)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    token = settings.publish_tokens[0] if settings.publish_tokens else None
+
+    async def publisher(base: str) -> None:
+        from webrtc_cast.clients import publish
+        from webrtc_cast.sfu_tree.aiortc_glue import set_ice_hosts
+
+        set_ice_hosts(settings.ice_hosts)
+        print(f"\n  Demo stream '{args.stream}' is playing. Open:  {base}/watch/{args.stream}\n", flush=True)
+        while True:  # keep the demo on air: republish if the publisher ever drops
+            try:
+                await publish(
+                    f"{base}/whip/{args.stream}", token=token, width=args.width, height=args.height,
+                    fps=args.fps, bitrate=args.bitrate, duration=None,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - log and retry, the server keeps running
+                logger.warning("demo publisher: %s; retrying in 2 s", exc)
+            await asyncio.sleep(2)
+
+    asyncio.run(_run_server(settings, publisher))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="webrtc-cast",
+        description="Low-latency live broadcast: WHIP ingest, packet-forwarding SFU, WHEP viewers.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="run a node: WHIP ingest, WHEP viewers, pages, metrics",
+        description="Run an SFU node. Endpoints: POST /whip/{stream}, POST /whep/{stream}, "
+        "/publish/{stream}, /watch/{stream}, /healthz, /metrics.",
+    )
+    _add_serve_options(serve)
+    serve.set_defaults(func=cmd_serve)
+    demo = sub.add_parser(
+        "demo",
+        help="serve plus a synthetic publisher, in one command",
+        description="Run `serve` and publish a synthetic test pattern (send time burned in) to one stream; "
+        "prints the viewer URL.",
+    )
+    _add_serve_options(demo)
+    demo.add_argument("--stream", default="demo", help="stream name (default: demo)")
+    demo.add_argument("--width", type=int, default=640)
+    demo.add_argument("--height", type=int, default=360)
+    demo.add_argument("--fps", type=int, default=30)
+    demo.add_argument("--bitrate", type=int, default=1_000_000, help="video bitrate in bit/s")
+    demo.set_defaults(func=cmd_demo)
+    try:
+        from webrtc_cast.cli_clients import add_publish_parser, add_watch_parser
+
+        add_publish_parser(sub)
+        add_watch_parser(sub)
+    except ImportError as exc:  # pragma: no cover - only while the clients module is missing
+        logger.debug("client commands unavailable: %s", exc)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, getattr(args, "log_level", "info").upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if os.environ.get("WEBRTC_CAST_DEBUG_AIORTC") != "1":
+        logging.getLogger("aioice").setLevel(logging.WARNING)
+        logging.getLogger("aiortc").setLevel(logging.WARNING)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

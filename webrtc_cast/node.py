@@ -1,0 +1,209 @@
+"""Node: one SFU process — broadcasts, sessions and the periodic housekeeping (asyncio adapter)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+
+from signaling import negotiation, sdp
+from webrtc_cast.metrics import NodeMetrics
+from webrtc_cast.settings import Settings
+from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport, generate_certificate
+from webrtc_cast.sfu_tree.broadcast import Broadcast
+from webrtc_cast.sfu_tree.forwarder import Forwarder
+from webrtc_cast.sfu_tree.sessions import (
+    PublisherSession,
+    Session,
+    ViewerSession,
+    new_session_id,
+    random_ssrc,
+)
+
+logger = logging.getLogger(__name__)
+
+STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TICK_SECONDS = 0.1
+
+
+class NodeFull(Exception):
+    """The node carries its configured maximum of viewers."""
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.certificate = generate_certificate()
+        self.metrics = NodeMetrics()
+        self.broadcasts: dict[str, Broadcast] = {}
+        self.sessions: dict[str, Session] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tick_task: asyncio.Task[None] | None = None
+        self._last_bitrate_sample = time.monotonic()
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._tick_task is None:
+            self._tick_task = asyncio.create_task(self._tick_loop())
+
+    async def stop(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+            self._tick_task = None
+        await asyncio.gather(*(self.close_session(s) for s in list(self.sessions.values())))
+
+    def broadcast(self, name: str) -> Broadcast:
+        b = self.broadcasts.get(name)
+        if b is None:
+            s = self.settings
+            b = Broadcast(name, s.nack_buffer_packets, s.keyframe_cache_packets, s.keyframe_request_interval)
+            self.broadcasts[name] = b
+        return b
+
+    @property
+    def viewer_sessions(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.role == "whep")
+
+    # -- sessions -----------------------------------------------------------------------------------------
+    async def create_session(self, role: str, stream: str, offer_text: str, token: str | None) -> tuple[Session, str]:
+        """Negotiate a WHIP (role 'whip') or WHEP ('whep') session. Raises sdp.SdpError / SdpUnsupported."""
+        offer = sdp.parse(offer_text)
+        negotiation.validate_offer(offer)
+        setup, dtls_role = negotiation.dtls_setup(offer)
+        if role == "whep" and self.viewer_sessions >= self.settings.max_viewers:
+            raise NodeFull()
+        broadcast = self.broadcast(stream)
+        if role == "whip":
+            planned = negotiation.plan_publisher(offer, self.settings.preferred_video_codecs)
+        else:
+            planned = negotiation.plan_viewer(offer, broadcast.live_codecs())
+        first = next(s for s in offer.media if s.port != 0 and s.kind in ("audio", "video"))
+        remote_ufrag = offer.media_or_session(first, "ice-ufrag") or ""
+        remote_pwd = offer.media_or_session(first, "ice-pwd") or ""
+        fingerprints = offer.fingerprints(first)
+        candidates = [v for k, v in first.attributes if k == "candidate"]
+        transport = PeerTransport(self.settings.ice_hosts, self.certificate)
+        local = await transport.gather()
+        session_id = new_session_id()
+        common = dict(
+            id=session_id,
+            stream=stream,
+            role=role,
+            transport=transport,
+            broadcast=broadcast,
+            metrics=self.metrics,
+            token=token,
+            ice_ufrag=local.ice_ufrag,
+            remote_ufrag=remote_ufrag,
+        )
+        sections = [a for a, _ in planned]
+        plans = [p for _, p in planned if p is not None]
+        session: Session
+        if role == "whip":
+            session = PublisherSession(**common, plans=plans)
+        else:
+            viewer = ViewerSession(**common, sender_report_interval=self.settings.sender_report_interval)
+            for answer_section, plan in planned:
+                if plan is None:
+                    continue
+                fwd = Forwarder(
+                    plan.kind,
+                    plan.codec.clock_rate,
+                    random_ssrc(),
+                    plan.payload_types,
+                    plan.rtx_payload_types,
+                    random_ssrc() if plan.rtx_payload_types else None,
+                )
+                viewer.forwarders[plan.kind] = fwd
+                answer_section.send = sdp.SendStream(
+                    stream_id=stream, track_id=f"{stream}-{plan.kind}", ssrc=fwd.ssrc, cname=viewer.cname,
+                    rtx_ssrc=fwd.rtx_ssrc,
+                )
+            session = viewer
+        transport.set_handlers(session.on_rtp, session.on_rtcp)  # type: ignore[attr-defined]
+        answer = sdp.write_answer(
+            int(time.time() * 1000),
+            sdp.TransportParams(local.ice_ufrag, local.ice_pwd, local.fingerprint, setup, local.candidates),
+            sections,
+        )
+        self.sessions[session_id] = session
+        transport.start(remote_ufrag, remote_pwd, fingerprints, dtls_role, candidates)
+        self._spawn(self._await_connected(session))
+        return session, answer
+
+    def _spawn(self, coro) -> None:  # noqa: ANN001
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _await_connected(self, session: Session) -> None:
+        transport = session.transport
+        connected = asyncio.ensure_future(transport.connected.wait())
+        failed = asyncio.ensure_future(transport.failed.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {connected, failed}, timeout=self.settings.session_setup_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            connected.cancel()
+            failed.cancel()
+        if session.closed:
+            return
+        if not transport.connected.is_set():
+            logger.info("%s session %s did not connect; dropping it", session.role, session.id[:8])
+            await self.close_session(session)
+            return
+        session.connected_at = time.monotonic()
+        if session.role == "whip":
+            for other in list(self.sessions.values()):
+                if other is not session and other.role == "whip" and other.stream == session.stream:
+                    logger.info("publisher %s replaced by %s", other.id[:8], session.id[:8])
+                    await self.close_session(other)
+        try:
+            session.on_connected()
+        except Exception:
+            logger.exception("session %s failed to start", session.id[:8])
+            await self.close_session(session)
+            return
+        await transport.failed.wait()
+        if not session.closed:
+            logger.info("%s session %s transport ended", session.role, session.id[:8])
+            await self.close_session(session)
+
+    async def close_session(self, session: Session) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        self.sessions.pop(session.id, None)
+        try:
+            session.on_closed()
+        except Exception:
+            logger.exception("session %s cleanup failed", session.id[:8])
+        await session.transport.close()
+        b = self.broadcasts.get(session.stream)
+        if b is not None and b.idle:
+            self.broadcasts.pop(session.stream, None)
+
+    # -- housekeeping -------------------------------------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            try:
+                self.tick(time.monotonic(), time.time())
+            except Exception:  # housekeeping must never stop
+                logger.exception("tick failed")
+
+    def tick(self, now: float, wall: float) -> None:
+        for session in list(self.sessions.values()):
+            session.tick(now, wall)
+        interval = now - self._last_bitrate_sample
+        if interval >= 1.0:
+            self._last_bitrate_sample = now
+            for name, b in self.broadcasts.items():
+                for kind, bps in b.sample_bitrates(interval).items():
+                    self.metrics.ingest_bitrate.labels(name, kind).set(bps)

@@ -1,0 +1,43 @@
+"""Every limit and knob of a node, with its documented default (docs/configuration.md lists them all)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+PUBLISH_TOKEN_ENV = "WEBRTC_CAST_PUBLISH_TOKENS"  # comma-separated Bearer tokens for WHIP
+VIEW_TOKEN_ENV = "WEBRTC_CAST_VIEW_TOKENS"  # comma-separated Bearer tokens for WHEP (empty: open)
+
+
+@dataclass(slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    ice_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    publish_tokens: list[str] = field(default_factory=list)  # empty: ingest is open (logged loudly)
+    view_tokens: list[str] = field(default_factory=list)  # empty: viewing is open
+    max_viewers: int = 2000  # WHEP sessions per node; beyond it 503 + Retry-After
+    max_sessions_per_stream_publish: int = 1  # a new WHIP session on a live stream replaces the old one
+    max_sdp_bytes: int = 64 * 1024  # larger bodies: 413
+    session_setup_timeout: float = 20.0  # seconds from POST to DTLS connected, else the session is dropped
+    keyframe_request_interval: float = 0.5  # seconds between PLIs toward a publisher (merged, throttled)
+    nack_buffer_packets: int = 1024  # per track, power of two: how far back NACKs can be repaired
+    keyframe_cache_packets: int = 3000  # per track: GOP longer than this disables the keyframe cache
+    sender_report_interval: float = 1.0  # seconds between RTCP sender reports per outbound stream
+    whep_retry_after: int = 5  # seconds, in 409 (not live, when required) and 503 (full) answers
+    require_live_for_whep: bool = False  # False: viewers may join before the broadcast goes live
+    preferred_video_codecs: tuple[str, ...] = ("H264", "VP8")
+    web_root: str | None = None  # folder of the browser pages; None: the packaged web/ folder
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        s = cls(**overrides)  # type: ignore[arg-type]
+        if not s.publish_tokens:
+            s.publish_tokens = _split(os.environ.get(PUBLISH_TOKEN_ENV, ""))
+        if not s.view_tokens:
+            s.view_tokens = _split(os.environ.get(VIEW_TOKEN_ENV, ""))
+        return s
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]

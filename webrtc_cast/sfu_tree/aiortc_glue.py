@@ -1,0 +1,319 @@
+"""The one place that touches aiortc / aioice internals (DESIGN.md §2, §6).
+
+Everything else in webrtc-cast talks to a :class:`PeerTransport`: ICE on the configured host addresses, DTLS
+with SRTP keying, and raw RTP/RTCP bytes in and out. aiortc's media pipeline (RtpRouter, RTCRtpReceiver,
+jitter buffers, decoders) is never used on the server.
+
+The internals used here are pinned by the exact aiortc/aioice versions in pyproject.toml and checked by
+``tests/unit/test_aiortc_contract.py``; when an upgrade moves them, that test fails first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import aioice.ice
+import pylibsrtp
+from aiortc.rtcdtlstransport import (
+    SRTP_PROFILES,
+    RTCCertificate,
+    RTCDtlsFingerprint,
+    RTCDtlsParameters,
+    RTCDtlsTransport,
+)
+from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTransport
+from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
+from OpenSSL import SSL
+
+logger = logging.getLogger(__name__)
+
+RtpHandler = Callable[[bytes, float], None]
+RtcpHandler = Callable[[bytes], None]
+
+# ECDSA first (what browsers present), then RSA (GStreamer webrtcbin presents an RSA certificate and
+# aiortc's stock list is ECDSA-only).
+DTLS_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:"
+    b"ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA"
+)
+
+
+class _CastCertificate(RTCCertificate):
+    """An aiortc certificate whose DTLS context also accepts RSA peers."""
+
+    def _create_ssl_context(self, srtp_profiles: list) -> SSL.Context:  # aiortc internal hook
+        ctx = SSL.Context(SSL.DTLS_METHOD)
+        ctx.set_options(SSL.OP_NO_TICKET)
+        # The peer's certificate is self-signed; it is checked against the SDP fingerprint after the handshake.
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *args: True)
+        ctx.use_certificate(self._cert)
+        ctx.use_privatekey(self._key)
+        ctx.set_cipher_list(DTLS_CIPHERS)
+        ctx.set_tlsext_use_srtp(b":".join(x.openssl_profile for x in srtp_profiles))
+        return ctx
+
+
+def generate_certificate() -> RTCCertificate:
+    """A fresh ECDSA P-256 certificate for DTLS (one per node is enough)."""
+    base = RTCCertificate.generateCertificate()
+    return _CastCertificate(key=base._key, cert=base._cert)
+
+
+def certificate_fingerprint(certificate: RTCCertificate, algorithm: str = "sha-256") -> str:
+    for fp in certificate.getFingerprints():
+        if fp.algorithm == algorithm:
+            return fp.value
+    raise ValueError(f"no {algorithm} fingerprint")
+
+
+@contextlib.contextmanager
+def use_ice_hosts(addresses: list[str]) -> Iterator[None]:
+    """Make aiortc's RTCPeerConnection (a client in tests and tools) gather only ``addresses``.
+
+    aioice looks up ``get_host_addresses`` at gather time and skips 127.0.0.1; this replaces it for the
+    duration of the block. Server-side transports do not need it (they gather explicitly).
+    """
+    original = aioice.ice.get_host_addresses
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
+    try:
+        yield
+    finally:
+        aioice.ice.get_host_addresses = original
+
+
+def set_ice_hosts(addresses: list[str]) -> None:
+    """Process-wide variant of :func:`use_ice_hosts` for long-running client tools."""
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
+
+
+@dataclass(slots=True)
+class LocalParameters:
+    ice_ufrag: str
+    ice_pwd: str
+    fingerprint: str  # sha-256, upper-case hex with colons
+    candidates: list[str]  # SDP candidate attribute values (without "a=candidate:")
+
+
+class _TapDtlsTransport(RTCDtlsTransport):
+    """RTCDtlsTransport that hands decrypted RTP/RTCP bytes to callbacks instead of its RtpRouter."""
+
+    on_rtp: RtpHandler | None = None
+    on_rtcp: RtcpHandler | None = None
+
+    async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:  # aiortc internal hook
+        if self.on_rtp is not None:
+            self.on_rtp(data, arrival_time_ms / 1000.0)
+
+    async def _handle_rtcp_data(self, data: bytes) -> None:  # aiortc internal hook
+        if self.on_rtcp is not None:
+            self.on_rtcp(data)
+
+
+class PeerTransport:
+    """One bundled ICE + DTLS-SRTP transport towards one peer (publisher, viewer or relay)."""
+
+    def __init__(
+        self,
+        ice_hosts: list[str],
+        certificate: RTCCertificate,
+        on_rtp: RtpHandler | None = None,
+        on_rtcp: RtcpHandler | None = None,
+    ) -> None:
+        self._ice_hosts = list(ice_hosts)
+        self._gatherer = RTCIceGatherer(iceServers=[])
+        self._ice = RTCIceTransport(self._gatherer)
+        self._dtls = _TapDtlsTransport(self._ice, [certificate])
+        self._dtls.on_rtp = on_rtp
+        self._dtls.on_rtcp = on_rtcp
+        self._certificate = certificate
+        self._start_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.connected = asyncio.Event()
+        self.failed = asyncio.Event()
+        self.on_state: Callable[[str], None] | None = None
+        self.send_errors = 0
+        self.srtp_errors = 0
+        self.bytes_sent = 0
+        self.packets_sent = 0
+        self._dtls.on("statechange", self._dtls_state_changed)
+        self._ice.on("statechange", self._ice_state_changed)
+
+    def set_handlers(self, on_rtp: RtpHandler | None, on_rtcp: RtcpHandler | None) -> None:
+        """Where decrypted RTP and RTCP from the peer go."""
+        self._dtls.on_rtp = on_rtp
+        self._dtls.on_rtcp = on_rtcp
+
+    # -- setup -------------------------------------------------------------------------------------------
+    async def gather(self) -> LocalParameters:
+        """Gather host candidates on exactly the configured addresses."""
+        conn = self._gatherer._connection
+        if not conn._local_candidates_start:
+            conn._local_candidates_start = True
+            conn._local_candidates += await conn.get_component_candidates(
+                component=1, addresses=self._ice_hosts
+            )
+            conn._local_candidates_end = True
+        if not conn._local_candidates:
+            raise OSError(f"could not bind any ICE host address of {self._ice_hosts}")
+        params = self._gatherer.getLocalParameters()
+        return LocalParameters(
+            ice_ufrag=params.usernameFragment,
+            ice_pwd=params.password,
+            fingerprint=certificate_fingerprint(self._certificate),
+            candidates=[candidate_to_sdp(c) for c in self._gatherer.getLocalCandidates()],
+        )
+
+    def start(
+        self,
+        remote_ufrag: str,
+        remote_pwd: str,
+        remote_fingerprints: list[tuple[str, str]],
+        dtls_role: str,
+        remote_candidates: list[str],
+        remote_ice_lite: bool = False,
+    ) -> None:
+        """Begin ICE and then DTLS in the background. ``dtls_role`` is ours: 'client' or 'server'."""
+        self._dtls._set_role(dtls_role)
+        remote_dtls = RTCDtlsParameters(
+            fingerprints=[RTCDtlsFingerprint(algorithm=a, value=v) for a, v in remote_fingerprints]
+        )
+        remote_ice = RTCIceParameters(
+            usernameFragment=remote_ufrag, password=remote_pwd, iceLite=remote_ice_lite
+        )
+        self._start_task = asyncio.ensure_future(
+            self._run(remote_ice, remote_dtls, remote_candidates)
+        )
+
+    async def _run(
+        self, remote_ice: RTCIceParameters, remote_dtls: RTCDtlsParameters, candidates: list[str]
+    ) -> None:
+        try:
+            for c in candidates:
+                await self.add_remote_candidate(c)
+            await self._ice.start(remote_ice)
+            if self._ice.state != "completed":
+                self.failed.set()
+                return
+            await self._dtls.start(remote_dtls)
+            if self._dtls.state == "connected":
+                self.connected.set()
+            else:
+                self.failed.set()
+        except Exception:  # a peer that breaks the handshake must not take the node down
+            logger.exception("transport setup failed")
+            self.failed.set()
+
+    async def add_remote_candidate(self, sdp_value: str | None) -> bool:
+        """Add one remote candidate (the value after ``a=candidate:``); None ends the list.
+
+        Returns False for candidates that are ignored: unparseable, non-UDP, or mDNS/unresolvable names
+        (RFC 9725 §4.3.2 says to ignore them silently).
+        """
+        if sdp_value is None:
+            await self._ice.addRemoteCandidate(None)
+            return True
+        try:
+            candidate = candidate_from_sdp(sdp_value)
+        except (ValueError, IndexError):
+            return False
+        if candidate.protocol.lower() != "udp" or candidate.ip.endswith(".local") or candidate.ip.endswith(
+            ".invalid"
+        ):
+            return False
+        candidate.sdpMid = "0"
+        try:
+            await self._ice.addRemoteCandidate(candidate)
+        except (ValueError, OSError):
+            return False
+        return True
+
+    # -- I/O ---------------------------------------------------------------------------------------------
+    def send_rtp(self, packet: bytes) -> bool:
+        """Protect and send one RTP packet now (synchronous, no await). False if not sent."""
+        dtls = self._dtls
+        if dtls._tx_srtp is None:
+            return False
+        pair = self._ice._connection._nominated.get(1)
+        if pair is None:
+            return False
+        try:
+            data = dtls._tx_srtp.protect(packet)
+        except pylibsrtp.Error:
+            self.srtp_errors += 1
+            return False
+        transport = pair.protocol.transport
+        if transport is None:
+            return False
+        transport.sendto(data, pair.remote_addr)
+        self.bytes_sent += len(data)
+        self.packets_sent += 1
+        return True
+
+    def send_rtcp(self, packet: bytes) -> bool:
+        dtls = self._dtls
+        if dtls._tx_srtp is None:
+            return False
+        pair = self._ice._connection._nominated.get(1)
+        if pair is None:
+            return False
+        try:
+            data = dtls._tx_srtp.protect_rtcp(packet)
+        except pylibsrtp.Error:
+            self.srtp_errors += 1
+            return False
+        transport = pair.protocol.transport
+        if transport is None:
+            return False
+        transport.sendto(data, pair.remote_addr)
+        return True
+
+    # -- state -------------------------------------------------------------------------------------------
+    @property
+    def dtls_state(self) -> str:
+        return self._dtls.state
+
+    @property
+    def ice_state(self) -> str:
+        return self._ice.state
+
+    def _dtls_state_changed(self) -> None:
+        state = self._dtls.state
+        if state in ("failed", "closed"):
+            self.failed.set()
+        if self.on_state is not None:
+            self.on_state(state)
+
+    def _ice_state_changed(self) -> None:
+        if self._ice.state in ("failed", "closed"):
+            self.failed.set()
+            if self.on_state is not None:
+                self.on_state(self._ice.state)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+        with contextlib.suppress(Exception):
+            await self._dtls.stop()
+        with contextlib.suppress(Exception):
+            await self._ice.stop()
+        self.failed.set()
+
+
+__all__ = [
+    "DTLS_CIPHERS",
+    "LocalParameters",
+    "PeerTransport",
+    "SRTP_PROFILES",
+    "certificate_fingerprint",
+    "generate_certificate",
+    "set_ice_hosts",
+    "use_ice_hosts",
+]

@@ -1,0 +1,209 @@
+"""Publisher (WHIP) and viewer (WHEP) sessions: the asyncio-side glue between a PeerTransport and a Broadcast."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from signaling.negotiation import MediaPlan
+from webrtc_cast.metrics import NodeMetrics
+from webrtc_cast.rtp import rtcp
+from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport
+from webrtc_cast.sfu_tree.broadcast import Broadcast, SourceTrack
+from webrtc_cast.sfu_tree.forwarder import Forwarder
+
+logger = logging.getLogger(__name__)
+
+_NTP_EPOCH_OFFSET = 2_208_988_800
+
+
+def new_session_id() -> str:
+    """128 random bits, URL-safe (RFC 9725 §5: session URLs must not be guessable)."""
+    return secrets.token_urlsafe(16)
+
+
+def new_etag() -> str:
+    return '"' + secrets.token_hex(8) + '"'
+
+
+def random_ssrc() -> int:
+    return secrets.randbelow(0xFFFFFFF0) + 1
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    stream: str
+    role: str  # "whip" | "whep"
+    transport: PeerTransport
+    broadcast: Broadcast
+    metrics: NodeMetrics
+    token: str | None
+    ice_ufrag: str
+    remote_ufrag: str
+    etag: str = field(default_factory=new_etag)
+    created: float = field(default_factory=time.monotonic)
+    connected_at: float | None = None
+    closed: bool = False
+    rtcp_ssrc: int = field(default_factory=random_ssrc)
+    malformed_rtcp: int = 0
+
+    def on_connected(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def tick(self, now: float, wall: float) -> None:  # pragma: no cover - overridden
+        pass
+
+    def on_closed(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def _parse_rtcp(self, data: bytes) -> list[rtcp.RtcpPacket]:
+        try:
+            return rtcp.parse_compound(data)
+        except rtcp.RtcpError:
+            self.malformed_rtcp += 1
+            self.metrics.dropped.labels("malformed_rtcp").inc()
+            return []
+
+
+@dataclass(eq=False)
+class PublisherSession(Session):
+    plans: list[MediaPlan] = field(default_factory=list)
+    _last_rr: float = 0.0
+
+    def on_rtp(self, data: bytes, arrival: float) -> None:
+        now = time.monotonic()
+        self.broadcast.on_rtp(data, now)
+
+    def on_rtcp(self, data: bytes) -> None:
+        now = time.monotonic()
+        for pkt in self._parse_rtcp(data):
+            if isinstance(pkt, rtcp.SenderReport):
+                ntp_seconds = (pkt.ntp_time >> 32) + (pkt.ntp_time & 0xFFFFFFFF) / 2**32 - _NTP_EPOCH_OFFSET
+                self.broadcast.on_sender_report(pkt.ssrc, ntp_seconds, pkt.rtp_time, now)
+
+    def on_connected(self) -> None:
+        self.broadcast.request_upstream_keyframe = self._send_keyframe_request
+        self.broadcast.attach_publisher(self.id, {p.kind: p.codec for p in self.plans})
+        self.metrics.publishers.labels(self.stream).inc()
+        logger.info("publisher %s live on stream %r", self.id[:8], self.stream)
+
+    def _send_keyframe_request(self, track: SourceTrack) -> None:
+        ssrc = track.buffer.ssrc
+        if ssrc is None:
+            return
+        self.transport.send_rtcp(rtcp.build_pli(self.rtcp_ssrc, ssrc))
+        self.metrics.keyframe_requests_sent.inc()
+
+    def tick(self, now: float, wall: float) -> None:
+        if self.connected_at is None:
+            return
+        self.broadcast.poll_keyframes(now)
+        if now - self._last_rr >= 1.0:
+            self._last_rr = now
+            self.transport.send_rtcp(rtcp.build_rr(self.rtcp_ssrc))
+
+    def on_closed(self) -> None:
+        if self.connected_at is not None:
+            self.metrics.publishers.labels(self.stream).dec()
+        if self.broadcast.request_upstream_keyframe == self._send_keyframe_request:
+            self.broadcast.request_upstream_keyframe = None
+        self.broadcast.detach_publisher(self.id)
+
+
+@dataclass(eq=False)
+class ViewerSession(Session):
+    forwarders: dict[str, Forwarder] = field(default_factory=dict)
+    cname: str = field(default_factory=lambda: secrets.token_hex(8))
+    posted_at: float = field(default_factory=time.monotonic)
+    sender_report_interval: float = 1.0
+    _last_sr: float = 0.0
+    _joined: bool = False
+
+    def on_rtp(self, data: bytes, arrival: float) -> None:
+        pass  # viewers send no media; ignore anything that arrives
+
+    def on_rtcp(self, data: bytes) -> None:
+        now = time.monotonic()
+        for pkt in self._parse_rtcp(data):
+            if isinstance(pkt, rtcp.Nack):
+                self._repair(pkt)
+            elif isinstance(pkt, rtcp.Pli | rtcp.Fir):
+                self.metrics.keyframe_requests.inc()
+                self.broadcast.request_keyframe("video", now)
+
+    def _repair(self, nack: rtcp.Nack) -> None:
+        fwd = next((f for f in self.forwarders.values() if f.ssrc == nack.media_ssrc), None)
+        if fwd is None:
+            return
+        track = self.broadcast.tracks.get(fwd.kind)
+        if track is None:
+            return
+        self.metrics.nacks.inc(len(nack.lost))
+        for seq in nack.lost[:64]:
+            out = fwd.retransmit(seq, track.buffer)
+            if out is not None and self.transport.send_rtp(out):
+                self.metrics.retransmissions.inc()
+
+    def on_connected(self) -> None:
+        now = time.monotonic()
+        for fwd in self.forwarders.values():
+            fwd.send = self._counting_send(fwd.kind)
+            for out in self.broadcast.add_forwarder(fwd, now):
+                fwd.send(out)
+        self.broadcast.viewer_count += 1
+        self.metrics.viewers.labels(self.stream).inc()
+
+    def _counting_send(self, kind: str):  # noqa: ANN202 - returns the hot-path send callable
+        send_rtp = self.transport.send_rtp
+        packets = self.metrics.forwarded_packets.labels(kind)
+        octets = self.metrics.forwarded_bytes.labels(kind)
+
+        def send(data: bytes) -> bool:
+            if not send_rtp(data):
+                return False
+            packets.inc()
+            octets.inc(len(data))
+            if not self._joined:
+                self._joined = True
+                self.metrics.join_time.observe(time.monotonic() - self.posted_at)
+            return True
+
+        return send
+
+    def tick(self, now: float, wall: float) -> None:
+        if self.connected_at is None or now - self._last_sr < self.sender_report_interval:
+            return
+        self._last_sr = now
+        for fwd in self.forwarders.values():
+            sr = self._sender_report(fwd, now, wall)
+            if sr is not None:
+                self.transport.send_rtcp(sr + rtcp.build_sdes_cname(fwd.ssrc, self.cname))
+
+    def _sender_report(self, fwd: Forwarder, now: float, wall: float) -> bytes | None:
+        munger = fwd.munger
+        if not munger.started or munger.last_time is None:
+            return None
+        track = self.broadcast.tracks.get(fwd.kind)
+        rate = munger.clock_rate
+        clock = track.sender_clock if track is not None else None
+        if clock is not None and track is not None and track.buffer.ssrc == munger.source_ssrc:
+            # The publisher's own RTP/NTP mapping, carried through our timestamp offset: lip sync survives.
+            elapsed = now - clock.arrival
+            ntp_seconds = clock.ntp_seconds + elapsed
+            rtp_time = munger.output_ts(clock.rtp_time) + int(elapsed * rate)
+        else:
+            ntp_seconds = wall
+            rtp_time = munger.last_ts + int((now - munger.last_time) * rate)
+        return rtcp.build_sr(
+            fwd.ssrc, rtcp.ntp_from_unix(ntp_seconds), rtp_time & 0xFFFFFFFF, fwd.packets, fwd.octets
+        )
+
+    def on_closed(self) -> None:
+        for fwd in self.forwarders.values():
+            self.broadcast.remove_forwarder(fwd)
+        if self.connected_at is not None:
+            self.broadcast.viewer_count -= 1
+            self.metrics.viewers.labels(self.stream).dec()
