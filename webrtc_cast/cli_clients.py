@@ -76,7 +76,7 @@ def add_publish_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"bearer token for the Authorization header (default: ${TOKEN_ENV})",
     )
     parser.add_argument(
-        "--duration", type=_positive_float, default=None, help="seconds to publish (default: until interrupted)"
+        "--duration", type=_positive_float, default=None, help="seconds to publish (default: until Ctrl-C)"
     )
     parser.add_argument(
         "--width", type=_even_int, default=640, help="frame width in pixels, even (default: %(default)s)"
@@ -84,7 +84,7 @@ def add_publish_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--height", type=_even_int, default=360, help="frame height in pixels, even (default: %(default)s)"
     )
-    parser.add_argument("--fps", type=_positive_float, default=30.0, help="frames per second (default: %(default)g)")
+    parser.add_argument("--fps", type=_positive_float, default=30.0, help="frame rate (default: %(default)g)")
     parser.add_argument(
         "--bitrate",
         type=int,

@@ -125,7 +125,9 @@ def _round_trip(codec_name: str, width: int, height: int, bitrate: int, n: int) 
     # A starved encoder may repeat an old band (a stale but genuine timestamp); a value that was never sent,
     # or one from the future, would be a misread that passed the checks.
     reads = [read_timestamp(img) for img in decoded]
-    bogus = [r for r, t in zip(reads, expected, strict=True) if r is not None and (r not in sent.values() or r > t)]
+    sent_values = set(sent.values())
+    pairs = zip(reads, expected, strict=True)
+    bogus = [r for r, t in pairs if r is not None and (r not in sent_values or r > t)]
     assert not bogus, f"misread timestamps passed the checks: {bogus}"
     good = sum(1 for r, t in zip(reads, expected, strict=True) if r == t)
     return good, len(decoded)
