@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import ssl
+import time
 from pathlib import Path
 
 from aiohttp import web
 
 from signaling import sdp
 from signaling.auth import AuthError, check_bearer
+from signaling.rate_limit import RateLimiter
 from webrtc_cast.node import STREAM_NAME, Node, NodeFull
 from webrtc_cast.sfu_tree.sessions import Session
 
@@ -36,9 +40,21 @@ def _error(status: int, message: str, node: Node | None = None, **headers: str) 
     return web.Response(status=status, text=message + "\n", content_type="text/plain", headers=headers)
 
 
+LIMITER_KEY: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
+LIMITED_METHODS = frozenset({"POST", "PATCH", "DELETE"})
+
+
 @web.middleware
 async def cors_and_errors(request: web.Request, handler):  # noqa: ANN001, ANN201
     try:
+        if request.method in LIMITED_METHODS:
+            wait = request.app[LIMITER_KEY].allow(request.remote or "?", time.monotonic())
+            if wait > 0:
+                node = request.app[NODE_KEY]
+                node.metrics.http_errors.labels("429").inc()
+                raise web.HTTPTooManyRequests(
+                    text="too many requests\n", headers={"Retry-After": str(max(1, math.ceil(wait)))}
+                )
         response = await handler(request)
     except web.HTTPException as exc:
         response = exc
@@ -253,9 +269,20 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text=html, content_type="text/html")
 
 
+def server_ssl_context(node_settings: object) -> ssl.SSLContext | None:
+    """HTTPS when the settings name a certificate and key (PEM), else None (plain HTTP)."""
+    cert, key = getattr(node_settings, "tls_cert", None), getattr(node_settings, "tls_key", None)
+    if not cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 def create_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[cors_and_errors], client_max_size=node.settings.max_sdp_bytes + 1024)
     app[NODE_KEY] = node
+    app[LIMITER_KEY] = RateLimiter(node.settings.http_requests_per_second, node.settings.http_burst)
     web_root = Path(node.settings.web_root or os.environ.get("WEBRTC_CAST_WEB_ROOT", DEFAULT_WEB_ROOT))
     for role in ("whip", "whep"):
         post, options, get = make_endpoint_handlers(role)

@@ -43,6 +43,8 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
         help=f"Bearer token required to watch over WHEP; also ${VIEW_TOKEN_ENV}. With none, viewing is open.",
     )
     p.add_argument("--max-viewers", type=int, default=Settings().max_viewers, help="WHEP sessions per node")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain) file")
+    p.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -54,20 +56,22 @@ def _settings(args: argparse.Namespace) -> Settings:
         publish_tokens=args.publish_tokens or [],
         view_tokens=args.view_tokens or [],
         max_viewers=args.max_viewers,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 
 async def _run_server(settings: Settings, after_start=None) -> None:  # noqa: ANN001
-    from signaling.http_api import create_app
+    from signaling.http_api import create_app, server_ssl_context
     from webrtc_cast.node import Node
 
     node = Node(settings)
     app = create_app(node)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=server_ssl_context(settings))
     await site.start()
-    base = f"http://{settings.host}:{settings.port}"
+    base = f"{'https' if settings.tls_cert else 'http'}://{settings.host}:{settings.port}"
     logger.info("webrtc-cast listening on %s (ICE on %s)", base, ", ".join(settings.ice_hosts))
     if not settings.publish_tokens:
         logger.warning("*** NO PUBLISH TOKEN CONFIGURED: anyone who reaches %s/whip/ can publish ***", base)

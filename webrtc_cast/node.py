@@ -60,7 +60,10 @@ class Node:
         b = self.broadcasts.get(name)
         if b is None:
             s = self.settings
-            b = Broadcast(name, s.nack_buffer_packets, s.keyframe_cache_packets, s.keyframe_request_interval)
+            b = Broadcast(
+                name, s.nack_buffer_packets, s.keyframe_cache_packets, s.keyframe_request_interval,
+                s.keyframe_cache_max_age,
+            )
             self.broadcasts[name] = b
         return b
 

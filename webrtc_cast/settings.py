@@ -22,11 +22,16 @@ class Settings:
     session_setup_timeout: float = 20.0  # seconds from POST to DTLS connected, else the session is dropped
     keyframe_request_interval: float = 0.5  # seconds between PLIs toward a publisher (merged, throttled)
     nack_buffer_packets: int = 1024  # per track, power of two: how far back NACKs can be repaired
+    keyframe_cache_max_age: float = 1.5  # seconds: an older cached keyframe is not burst; a fresh one is asked for
     keyframe_cache_packets: int = 3000  # per track: GOP longer than this disables the keyframe cache
     sender_report_interval: float = 1.0  # seconds between RTCP sender reports per outbound stream
     whep_retry_after: int = 5  # seconds, in 409 (not live, when required) and 503 (full) answers
     require_live_for_whep: bool = False  # False: viewers may join before the broadcast goes live
     preferred_video_codecs: tuple[str, ...] = ("H264", "VP8")
+    http_requests_per_second: float = 20.0  # POST/PATCH/DELETE per client address; beyond it 429
+    http_burst: int = 40  # requests a client address may make at once before the rate applies
+    tls_cert: str | None = None  # PEM certificate: serve HTTPS (RFC 9725 §5 wants TLS in production)
+    tls_key: str | None = None
     web_root: str | None = None  # folder of the browser pages; None: the packaged web/ folder
 
     @classmethod

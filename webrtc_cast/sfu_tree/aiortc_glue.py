@@ -34,12 +34,13 @@ logger = logging.getLogger(__name__)
 RtpHandler = Callable[[bytes, float], None]
 RtcpHandler = Callable[[bytes], None]
 
-# ECDSA first (what browsers present), then RSA (GStreamer webrtcbin presents an RSA certificate and
-# aiortc's stock list is ECDSA-only).
+# ECDSA and RSA suites: GStreamer webrtcbin presents an RSA certificate and aiortc's stock list is ECDSA-only,
+# so as DTLS client we could not talk to it.
 DTLS_CIPHERS = (
-    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:"
-    b"ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:"
-    b"ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA"
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
 )
 
 

@@ -56,6 +56,7 @@ class Broadcast:
         nack_buffer_packets: int = 1024,
         keyframe_cache_packets: int = 3000,
         keyframe_request_interval: float = 0.5,
+        keyframe_cache_max_age: float = 1.5,
     ) -> None:
         self.name = name
         self.tracks: dict[str, SourceTrack] = {}
@@ -63,6 +64,7 @@ class Broadcast:
         self._nack_buffer_packets = nack_buffer_packets
         self._keyframe_cache_packets = keyframe_cache_packets
         self._keyframe_request_interval = keyframe_request_interval
+        self._keyframe_cache_max_age = keyframe_cache_max_age
         self.publisher_id: str | None = None
         self.live = False
         # set by the publisher session: send a keyframe request upstream for the track's media SSRC
@@ -126,7 +128,7 @@ class Broadcast:
             self.unroutable += 1
             return 0
         keyframe = track.is_keyframe(data[hdr.payload_offset :]) if track.kind == "video" else False
-        pkt = track.buffer.push(data, hdr, keyframe)
+        pkt = track.buffer.push(data, hdr, keyframe, now)
         track.window_bytes += len(data)
         if keyframe:
             track.keyframes.keyframe_arrived()
@@ -163,7 +165,7 @@ class Broadcast:
         fwd.set_source_codec(track.codec.key)
         if fwd.kind != "video":
             return []
-        burst = fwd.start_burst(track.buffer.keyframe_packets(), now)
+        burst = fwd.start_burst(track.buffer.keyframe_packets(now, self._keyframe_cache_max_age), now)
         if not burst:
             self.request_keyframe(fwd.kind, now)
         return burst

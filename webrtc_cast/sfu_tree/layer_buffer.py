@@ -29,6 +29,7 @@ class LayerBuffer:
         "packets",
         "octets",
         "_unwrap",
+        "gop_started_at",
     )
 
     def __init__(self, ring_size: int = 1024, gop_limit: int = 3000) -> None:
@@ -47,8 +48,9 @@ class LayerBuffer:
         self.packets = 0
         self.octets = 0
         self._unwrap = SeqUnwrapper()
+        self.gop_started_at: float | None = None
 
-    def push(self, data: bytes, header: RtpHeader, keyframe: bool) -> Packet:
+    def push(self, data: bytes, header: RtpHeader, keyframe: bool, now: float = 0.0) -> Packet:
         """Store one packet. ``keyframe``: the payload carries (the start of) a keyframe.
 
         Returns the stored entry, whose third item is the extended sequence number.
@@ -76,6 +78,7 @@ class LayerBuffer:
         ):
             # New GOP: starts with the first packet of this keyframe's frame (e.g. the SPS/PPS STAP-A).
             self._gop = list(self._frame_start)
+            self.gop_started_at = now
             self.keyframes += 1
             return pkt
         if self._gop is not None and in_order:
@@ -93,9 +96,15 @@ class LayerBuffer:
             return pkt
         return None
 
-    def keyframe_packets(self) -> list[Packet]:
-        """Packets from the latest keyframe to now (empty when no keyframe is cached)."""
-        return list(self._gop) if self._gop else []
+    def keyframe_packets(self, now: float | None = None, max_age: float | None = None) -> list[Packet]:
+        """Packets from the latest keyframe to now; empty when none is cached, or when it arrived more than
+        ``max_age`` seconds before ``now`` (a burst of many seconds of old media would start the viewer late)."""
+        if not self._gop:
+            return []
+        if max_age is not None and now is not None and self.gop_started_at is not None:
+            if now - self.gop_started_at > max_age:
+                return []
+        return list(self._gop)
 
     @property
     def has_keyframe(self) -> bool:
@@ -108,3 +117,4 @@ class LayerBuffer:
         self._frame_ts = None
         self.highest_seq = None
         self._unwrap = SeqUnwrapper()
+        self.gop_started_at = None

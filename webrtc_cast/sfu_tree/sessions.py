@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from signaling.negotiation import MediaPlan
@@ -119,6 +122,8 @@ class ViewerSession(Session):
     cname: str = field(default_factory=lambda: secrets.token_hex(8))
     posted_at: float = field(default_factory=time.monotonic)
     sender_report_interval: float = 1.0
+    burst_packets: int = 16
+    burst_interval: float = 0.002
     _last_sr: float = 0.0
     _joined: bool = False
 
@@ -150,9 +155,11 @@ class ViewerSession(Session):
     def on_connected(self) -> None:
         now = time.monotonic()
         for fwd in self.forwarders.values():
-            fwd.send = self._counting_send(fwd.kind)
-            for out in self.broadcast.add_forwarder(fwd, now):
-                fwd.send(out)
+            direct = self._counting_send(fwd.kind)
+            fwd.send = direct
+            burst = self.broadcast.add_forwarder(fwd, now)
+            if burst:
+                _PacedBurst(fwd, direct, burst, self.burst_packets, self.burst_interval).start()
         self.broadcast.viewer_count += 1
         self.metrics.viewers.labels(self.stream).inc()
 
@@ -207,3 +214,37 @@ class ViewerSession(Session):
         if self.connected_at is not None:
             self.broadcast.viewer_count -= 1
             self.metrics.viewers.labels(self.stream).dec()
+
+
+class _PacedBurst:
+    """Sends a joining viewer's keyframe-cache burst in small paced chunks.
+
+    A whole GOP sent in one go overflows the viewer's socket buffer (hundreds of packets in microseconds),
+    so the start would depend on NACK repair. While the burst drains, live packets queue behind it so the
+    viewer sees them in order; once drained, the forwarder sends directly again.
+    """
+
+    def __init__(
+        self, fwd: Forwarder, direct: Callable[[bytes], bool], burst: list[bytes], chunk: int, interval: float
+    ) -> None:
+        self._fwd = fwd
+        self._direct = direct
+        self._queue: deque[bytes] = deque(burst)
+        self._chunk = chunk
+        self._interval = interval
+
+    def start(self) -> None:
+        self._fwd.send = self._enqueue
+        self._drain()
+
+    def _enqueue(self, data: bytes) -> bool:
+        self._queue.append(data)
+        return True
+
+    def _drain(self) -> None:
+        for _ in range(min(self._chunk, len(self._queue))):
+            self._direct(self._queue.popleft())
+        if self._queue:
+            asyncio.get_running_loop().call_later(self._interval, self._drain)
+        else:
+            self._fwd.send = self._direct
