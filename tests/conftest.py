@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection
 
+import webrtc_cast  # noqa: F401  (first: sets OPENSSL_CONF before cryptography loads)
 from signaling.http_api import create_app, server_ssl_context
 from webrtc_cast.node import Node
 from webrtc_cast.settings import Settings

@@ -133,6 +133,11 @@ def add_watch_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument(
+        "--frame-times",
+        action="store_true",
+        help="with --json: add frame_times, the wall-clock time (Unix seconds) of every decoded frame",
+    )
+    parser.add_argument(
         "--token",
         default=os.environ.get(WATCH_TOKEN_ENV),
         help=f"bearer token for the Authorization header (default: ${WATCH_TOKEN_ENV})",
@@ -245,7 +250,10 @@ def run_watch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     if args.json:
-        print(report.to_json())
+        data = report.to_dict()
+        if getattr(args, "frame_times", False):
+            data["frame_times"] = [round(t, 4) for t in report.frame_times]
+        print(json.dumps(data))
     else:
         _print_watch(report)
     return 0 if report.frames_decoded > 0 else 1

@@ -141,6 +141,10 @@ class PeerTransport:
         self.srtp_errors = 0
         self.bytes_sent = 0
         self.packets_sent = 0
+        self.junk_datagrams = 0
+        # aiortc's DTLS receive loop reads data[0] of every datagram: one empty UDP datagram from anyone who
+        # knows the port would raise IndexError and end the session. Drop empty datagrams before it sees them.
+        self._ice._recv = self._recv_nonempty
         self._dtls.on("statechange", self._dtls_state_changed)
         self._ice.on("statechange", self._ice_state_changed)
 
@@ -234,6 +238,14 @@ class PeerTransport:
         return True
 
     # -- I/O ---------------------------------------------------------------------------------------------
+    async def _recv_nonempty(self) -> bytes:
+        recv = self._gatherer._connection.recv
+        while True:
+            data = await recv()
+            if data:
+                return data
+            self.junk_datagrams += 1
+
     def send_rtp(self, packet: bytes) -> bool:
         """Protect and send one RTP packet now (synchronous, no await). False if not sent."""
         dtls = self._dtls

@@ -1,0 +1,474 @@
+"""Fan-out benchmark: how many 2.5 Mbit/s WHEP viewers one server core carries.
+
+The server (``webrtc-cast serve``) runs as a subprocess pinned to core 0; this process pins itself to core 1 and
+runs the load there: one synthetic publisher and N lean viewers (see benchmarks/lean_viewer.py), all with real
+ICE, DTLS and SRTP on 127.0.0.1. N is ramped step by step; in each step's measurement window
+
+* server-side drop  = publisher packets x N - the server's ``webrtc_cast_forwarded_packets_total`` delta,
+  plus datagrams the kernel dropped on the server's sockets (/proc/net/udp ``drops``),
+* forwarding delay  = viewer arrival minus the send time the publisher wrote into every audio packet
+  (same machine, same monotonic clock; it includes the viewer loop's own latency, so it is an upper bound),
+* CPU and memory    = the server's utime+stime and VmRSS from /proc, against a baseline with no viewers.
+
+A step passes with every viewer connected, no server-side drop and p99 delay under ``--max-p99-ms``. The
+search stops at the first failing step, when the load generator itself saturates, or when ``--budget`` ends.
+
+Usage:  .venv/bin/python -m benchmarks.fanout [--quick] [--budget 180] [--steps 50,100,150,...]
+Prints one JSON object (also saved under benchmarks/results/) and one summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from benchmarks.lean_viewer import H264Clip, LeanPublisher, LeanViewer, Recorder, encode_clip_at
+from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport, generate_certificate
+
+logger = logging.getLogger("fanout")
+
+DEFAULT_STEPS = (50, 100, 150, 200, 250, 300, 350, 400, 500, 600, 800, 1000)
+FLOOR_VIEWERS = 150
+TARGET_BITRATE = 2_500_000
+DRAIN_S = 0.4
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+_FORWARDED = re.compile(r'^webrtc_cast_forwarded_packets_total\{kind="(\w+)"\}\s+([0-9.e+]+)', re.M)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- /proc readers -------------------------------------------------------------------------------------------
+def cpu_seconds(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kb(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def runqueue_wait_seconds(pid: int | str = "self") -> float:
+    """Time this process's threads spent runnable but waiting for a CPU (/proc/PID/task/*/schedstat): other
+    work on the same core shows up here."""
+    total = 0
+    task_dir = f"/proc/{pid}/task"
+    for tid in os.listdir(task_dir):
+        with contextlib.suppress(OSError, ValueError, IndexError), open(f"{task_dir}/{tid}/schedstat") as f:
+            total += int(f.read().split()[1])
+    return total / 1e9
+
+
+def socket_inodes(pid: int | str) -> set[str]:
+    out = set()
+    fd_dir = f"/proc/{pid}/fd"
+    for name in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"{fd_dir}/{name}")
+            if target.startswith("socket:["):
+                out.add(target[8:-1])
+    return out
+
+
+def udp_drops(pid: int | str) -> int:
+    """Datagrams the kernel dropped on this process's UDP sockets (receive buffer full), since they opened."""
+    inodes = socket_inodes(pid)
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                if len(cols) >= 13 and cols[9] in inodes:
+                    total += int(cols[12])
+    return total
+
+
+def machine_info() -> dict:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    import aiortc
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "aiortc": aiortc.__version__,
+    }
+
+
+# --- server subprocess ---------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, core: int | None, max_viewers: int, log_path: Path) -> subprocess.Popen:
+    cmd = [
+        sys.executable, "-m", "webrtc_cast", "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--ice-host", "127.0.0.1", "--max-viewers", str(max_viewers), "--log-level", "warning",
+    ]
+    preexec = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
+    log = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec)
+
+
+async def wait_ready(http: aiohttp.ClientSession, base: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            async with http.get(base + "/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                if r.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("server did not become ready")
+
+
+async def forwarded_packets(http: aiohttp.ClientSession, base: str) -> int:
+    async with http.get(base + "/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
+        text = await r.text()
+    return int(sum(float(v) for _, v in _FORWARDED.findall(text)))
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1, max(0, int(round(q / 100 * (len(sorted_values) - 1)))))
+    return sorted_values[k]
+
+
+# --- the benchmark -------------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace, server_pid: int, base: str, clip: H264Clip) -> None:
+        self.args = args
+        self.pid = server_pid
+        self.base = base
+        self.clip = clip
+        self.stream = "bench"
+        self.recorder = Recorder()
+        self.viewers: list[LeanViewer] = []
+        self.join_failures: list[str] = []
+        self.certificate = generate_certificate()
+        self.publisher: LeanPublisher | None = None
+
+    async def join(self, http: aiohttp.ClientSession, target: int) -> dict:
+        """Add viewers until ``target`` are connected (batches of --join-batch, each bounded in time)."""
+        t0 = time.monotonic()
+        failed = 0
+        attempts = 0
+        while len(self.viewers) < target and attempts < 2 * target:
+            batch = [
+                LeanViewer(PeerTransport(["127.0.0.1"], self.certificate), self.recorder)
+                for _ in range(min(self.args.join_batch, target - len(self.viewers)))
+            ]
+            attempts += len(batch)
+            results = await asyncio.gather(
+                *(v.connect(http, f"{self.base}/whep/{self.stream}") for v in batch), return_exceptions=True
+            )
+            for v, res in zip(batch, results, strict=True):
+                if isinstance(res, BaseException):
+                    failed += 1
+                    self.join_failures.append(str(res)[:200])
+                    await v.close()
+                else:
+                    self.viewers.append(v)
+        return {"join_seconds": round(time.monotonic() - t0, 2), "join_failures": failed}
+
+    def _totals(self) -> dict:
+        pub = self.publisher
+        assert pub is not None
+        return {
+            "pub_sent": pub.sent,
+            "pub_bytes": pub.sent_bytes,
+            "received": sum(v.received for v in self.viewers),
+            "server_sock_drops": udp_drops(self.pid),
+            "load_sock_drops": udp_drops("self"),
+        }
+
+    async def window(self, http: aiohttp.ClientSession, seconds: float) -> dict:
+        """One measurement window, bracketed by publisher pauses so every counter is exact."""
+        pub = self.publisher
+        assert pub is not None
+        n = len(self.viewers)
+        rec = self.recorder
+        pub.pause()
+        await asyncio.sleep(DRAIN_S)
+        fwd0 = await forwarded_packets(http, self.base)
+        s0 = self._totals()
+        rec.delays_ns.clear()
+        rec.active = True
+        dec0 = (rec.decrypt_ok, rec.decrypt_failures)
+        wait0, lwait0 = runqueue_wait_seconds(self.pid), runqueue_wait_seconds()
+        cpu0, load0, t0 = cpu_seconds(self.pid), cpu_seconds(), time.monotonic()
+        pub.resume()
+        peak = 0.0
+        last_cpu, last_t = cpu0, t0
+        end = t0 + seconds
+        while (now := time.monotonic()) < end:
+            await asyncio.sleep(min(1.0, max(0.0, end - now)))
+            c, t = cpu_seconds(self.pid), time.monotonic()
+            if t - last_t > 0.2:
+                peak = max(peak, (c - last_cpu) / (t - last_t))
+            last_cpu, last_t = c, t
+        pub.pause()
+        cpu1, load1, t1 = cpu_seconds(self.pid), cpu_seconds(), time.monotonic()
+        wait1, lwait1 = runqueue_wait_seconds(self.pid), runqueue_wait_seconds()
+        await asyncio.sleep(DRAIN_S)
+        rec.active = False
+        fwd1 = await forwarded_packets(http, self.base)
+        s1 = self._totals()
+        wall = t1 - t0
+        published = s1["pub_sent"] - s0["pub_sent"]
+        forwarded = fwd1 - fwd0
+        received = s1["received"] - s0["received"]
+        delays = sorted(d / 1e6 for d in rec.delays_ns)
+        return {
+            "viewers": n,
+            "seconds": round(wall, 2),
+            "publisher_bitrate_bps": round((s1["pub_bytes"] - s0["pub_bytes"]) * 8 / wall),
+            "published_packets": published,
+            "expected_forwarded": published * n,
+            "forwarded_packets": forwarded,
+            "server_drop": published * n - forwarded,
+            "server_socket_drops": s1["server_sock_drops"] - s0["server_sock_drops"],
+            "received_packets": received,
+            "load_side_loss": forwarded - received,
+            "load_socket_drops": s1["load_sock_drops"] - s0["load_sock_drops"],
+            "egress_mbps": round(forwarded / wall * (s1["pub_bytes"] - s0["pub_bytes"]) / max(published, 1) * 8e-6, 1),
+            "delay_samples": len(delays),
+            "delay_ms": {
+                "p50": _r(percentile(delays, 50)),
+                "p90": _r(percentile(delays, 90)),
+                "p99": _r(percentile(delays, 99)),
+                "max": _r(delays[-1] if delays else None),
+            },
+            "sample_decrypt_ok": rec.decrypt_ok - dec0[0],
+            "sample_decrypt_failures": rec.decrypt_failures - dec0[1],
+            "server_cpu": round((cpu1 - cpu0) / wall, 3),
+            "server_cpu_peak_1s": round(peak, 3),
+            "server_rss_kb": rss_kb(self.pid),
+            "load_cpu": round((load1 - load0) / wall, 3),
+            # share of the window each side was runnable but not running (other processes on its core)
+            "server_runqueue_wait": round((wait1 - wait0) / wall, 3),
+            "load_runqueue_wait": round((lwait1 - lwait0) / wall, 3),
+        }
+
+    def judge(self, step: dict) -> tuple[bool, str]:
+        p99 = step["delay_ms"]["p99"]
+        if step["join_failures"] or step["viewers"] < step["target"]:
+            return False, "viewers failed to join"
+        if step["server_drop"] > 0 or step["server_socket_drops"] > 0:
+            return False, "server-side drop"
+        if p99 is None or step["delay_samples"] == 0:
+            return False, "no delay samples"
+        if p99 >= self.args.max_p99_ms:
+            return False, f"p99 delay {p99} ms >= {self.args.max_p99_ms} ms"
+        if step["load_side_loss"] > 0 or step["load_socket_drops"] > 0 or step["load_cpu"] > 0.95:
+            return False, "load generator saturated (result is a lower bound)"
+        if step["sample_decrypt_failures"]:
+            return False, "SRTP sample decryption failed"
+        return True, "pass"
+
+    async def run(self) -> dict:
+        args = self.args
+        started = time.monotonic()
+        connector = aiohttp.TCPConnector(limit=64)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            await wait_ready(http, self.base, _SERVER["proc"], 20)
+            pub = self.publisher = LeanPublisher(PeerTransport(["127.0.0.1"], self.certificate), self.clip)
+            await pub.connect(http, f"{self.base}/whip/{self.stream}")
+            pub_task = asyncio.create_task(pub.run(max_seconds=args.budget + 120))
+            try:
+                await asyncio.sleep(2.5)  # the broadcast goes live and caches a keyframe
+                baseline = await self.window(http, min(3.0, args.window))
+                baseline["target"] = 0
+                steps: list[dict] = []
+                stopped = "all steps passed"
+                per_viewer_join = 0.05
+                for target in args.steps:
+                    added = target - len(self.viewers)
+                    estimate = added * per_viewer_join * 1.5 + args.settle + args.window + 3 * DRAIN_S + 2
+                    if time.monotonic() - started + estimate > args.budget:
+                        stopped = "time budget"
+                        break
+                    joined = await self.join(http, target)
+                    per_viewer_join = max(0.01, joined["join_seconds"] / max(added, 1))
+                    await asyncio.sleep(args.settle)
+                    step = {"target": target, **joined, **await self.window(http, args.window)}
+                    ok, why = self.judge(step)
+                    step["pass"], step["verdict"] = ok, why
+                    steps.append(step)
+                    logger.info(
+                        "N=%d %s: server cpu %.2f, p99 %s ms, drop %d, load cpu %.2f",
+                        step["viewers"], why, step["server_cpu"], step["delay_ms"]["p99"], step["server_drop"],
+                        step["load_cpu"],
+                    )
+                    if not ok:
+                        stopped = f"N={target}: {why}"
+                        break
+            finally:
+                pub.stop()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pub_task, 5)
+                await self._close_all(http)
+        return self._result(baseline, steps, stopped, time.monotonic() - started)
+
+    async def _close_all(self, http: aiohttp.ClientSession) -> None:
+        closers = [v.close() for v in self.viewers]
+        if self.publisher is not None:
+            closers.append(self.publisher.transport.close())
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*closers, return_exceptions=True), 15)
+
+    def _result(self, baseline: dict, steps: list[dict], stopped: str, elapsed: float) -> dict:
+        passed = [s for s in steps if s["pass"]]
+        best = passed[-1] if passed else None
+        result: dict = {"max_viewers": best["viewers"] if best else 0, "stopped_because": stopped}
+        if best:
+            n = best["viewers"]
+            result.update(
+                p99_delay_ms=best["delay_ms"]["p99"],
+                server_cpu=best["server_cpu"],
+                cpu_per_viewer_pct=round((best["server_cpu"] - baseline["server_cpu"]) * 100 / n, 3),
+                rss_per_viewer_kb=round((best["server_rss_kb"] - baseline["server_rss_kb"]) / n, 1),
+                publisher_bitrate_bps=best["publisher_bitrate_bps"],
+            )
+        result["floor_viewers"] = FLOOR_VIEWERS
+        result["floor_met"] = bool(best and best["viewers"] >= FLOOR_VIEWERS)
+        if self.join_failures:
+            result["join_failure_examples"] = self.join_failures[:3]
+        return {
+            "benchmark": "fanout",
+            "machine": machine_info(),
+            "config": {
+                "quick": self.args.quick,
+                "steps": list(self.args.steps),
+                "window_s": self.args.window,
+                "settle_s": self.args.settle,
+                "budget_s": self.args.budget,
+                "max_p99_ms": self.args.max_p99_ms,
+                "target_bitrate_bps": TARGET_BITRATE,
+                "clip": {
+                    "width": self.clip.width,
+                    "height": self.clip.height,
+                    "fps": self.clip.fps,
+                    "seconds": self.clip.duration,
+                    "video_bitrate_bps": round(self.clip.bitrate),
+                    "gop_s": 2,
+                },
+                "server_core": self.args.server_core,
+                "load_core": self.args.load_core,
+            },
+            "baseline": baseline,
+            "steps": steps,
+            "result": result,
+            "elapsed_s": round(elapsed, 1),
+        }
+
+
+_SERVER: dict = {}
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
+
+
+def summary_line(report: dict) -> str:
+    r = report["result"]
+    if not r.get("max_viewers"):
+        return f"fanout: max_viewers=0 at 2.5 Mbit/s on 1 core ({r['stopped_because']})"
+    return (
+        f"fanout: max_viewers={r['max_viewers']} at 2.5 Mbit/s on 1 core, p99_delay={r['p99_delay_ms']} ms, "
+        f"cpu_per_viewer={r['cpu_per_viewer_pct']} %, rss_per_viewer={r['rss_per_viewer_kb']} KB"
+        f" (floor {r['floor_viewers']}: {'met' if r['floor_met'] else 'NOT met'}; stopped: {r['stopped_because']})"
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 20 viewers, 5 s window")
+    p.add_argument("--budget", type=float, default=180.0, help="seconds for the whole run (default 180)")
+    p.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="viewer counts to ramp through, comma-separated")
+    p.add_argument("--window", type=float, default=None, help="measurement seconds per step (default 10)")
+    p.add_argument("--settle", type=float, default=1.5, help="seconds between joins and the window")
+    p.add_argument("--join-batch", type=int, default=25, help="viewers joining concurrently")
+    p.add_argument("--max-p99-ms", type=float, default=10.0, help="p99 forwarding delay limit")
+    p.add_argument("--server-core", type=int, default=0)
+    p.add_argument("--load-core", type=int, default=1)
+    p.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/fanout-*.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps = args.steps or [20]
+        args.window = args.window or 5.0
+        args.budget = min(args.budget, 90.0)
+    args.steps = sorted(set(args.steps or DEFAULT_STEPS))
+    args.window = args.window or 10.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    cores = os.sched_getaffinity(0)
+    if len(cores) < 2 or args.server_core not in cores or args.load_core not in cores:
+        logger.warning("cores %s: cannot pin server and load apart; numbers will be pessimistic", sorted(cores))
+        args.server_core = args.load_core = None
+    else:
+        os.sched_setaffinity(0, {args.load_core})
+    t0 = time.monotonic()
+    clip = encode_clip_at(TARGET_BITRATE)
+    logger.info("encoded %.1f s clip at %.0f bit/s in %.1f s", clip.duration, clip.bitrate, time.monotonic() - t0)
+    port = free_port()
+    log_path = Path(tempfile.gettempdir()) / f"fanout-server-{port}.log"
+    max_viewers = max(args.steps) + 10
+    proc = start_server(port, args.server_core, max_viewers, log_path)
+    _SERVER["proc"] = proc
+    try:
+        bench = Bench(args, proc.pid, f"http://127.0.0.1:{port}", clip)
+        report = asyncio.run(asyncio.wait_for(bench.run(), args.budget + 120))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    report["server_log_tail"] = log_path.read_text(errors="replace").splitlines()[-5:]
+    text = json.dumps(report, indent=2)
+    print(text)
+    if not args.no_save:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / f"fanout-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(text + "\n")
+    print(summary_line(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
