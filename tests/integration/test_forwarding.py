@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -144,14 +143,12 @@ async def hostile_client(base: str, node) -> list[int]:
             async with http.request(method, base + path, headers=headers, data=body) as r:
                 statuses.append(r.status)
     # junk straight at the publisher's and viewers' ICE sockets
-    ports = set()
-    for s in node.sessions.values():
-        for c in s.transport._gatherer.getLocalCandidates():  # test-only peek at the bound ports
-            ports.add(c.port)
-    junk = [b"", b"\x00" * 20, b"\x80" * 3, b"\x80\x60" + os.urandom(200), b"\x81\xc8" + os.urandom(60), os.urandom(1400)]
+    ports = {port for s in node.sessions.values() for port in s.transport.local_ports}
+    junk = [b"", b"\x00" * 20, b"\x80" * 3, b"\x80\x60" + os.urandom(200), b"\x81\xc8" + os.urandom(60)]
+    junk.append(os.urandom(1400))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for port in ports:
             for payload in junk * 20:
                 sock.sendto(payload, ("127.0.0.1", port))
-    assert re.match(r"^\d", str(len(ports)))
+    assert len(ports) >= 2  # the publisher's and the viewer's
     return statuses

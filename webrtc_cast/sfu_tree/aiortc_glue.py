@@ -287,6 +287,11 @@ class PeerTransport:
 
     # -- state -------------------------------------------------------------------------------------------
     @property
+    def local_ports(self) -> list[int]:
+        """UDP ports of the gathered host candidates."""
+        return [c.port for c in self._gatherer.getLocalCandidates()]
+
+    @property
     def dtls_state(self) -> str:
         return self._dtls.state
 

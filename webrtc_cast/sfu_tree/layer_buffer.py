@@ -101,9 +101,9 @@ class LayerBuffer:
         ``max_age`` seconds before ``now`` (a burst of many seconds of old media would start the viewer late)."""
         if not self._gop:
             return []
-        if max_age is not None and now is not None and self.gop_started_at is not None:
-            if now - self.gop_started_at > max_age:
-                return []
+        started = self.gop_started_at
+        if max_age is not None and now is not None and started is not None and now - started > max_age:
+            return []
         return list(self._gop)
 
     @property
