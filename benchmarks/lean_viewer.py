@@ -301,8 +301,9 @@ async def _negotiate(
         connected.cancel()
         failed.cancel()
     if not transport.connected.is_set():
-        raise RuntimeError(f"{direction} transport did not connect (ICE {transport.ice_state}, "
-                           f"DTLS {transport.dtls_state})")
+        raise RuntimeError(
+            f"{direction} transport did not connect (ICE {transport.ice_state}, DTLS {transport.dtls_state})"
+        )
     return location
 
 

@@ -46,18 +46,21 @@ LIMITED_METHODS = frozenset({"POST", "PATCH", "DELETE"})
 
 @web.middleware
 async def cors_and_errors(request: web.Request, handler):  # noqa: ANN001, ANN201
+    """CORS headers on every answer, the rate limit on state-changing methods, and no unhandled crash."""
     try:
         if request.method in LIMITED_METHODS:
             wait = request.app[LIMITER_KEY].allow(request.remote or "?", time.monotonic())
             if wait > 0:
-                node = request.app[NODE_KEY]
-                node.metrics.http_errors.labels("429").inc()
                 raise web.HTTPTooManyRequests(
                     text="too many requests\n", headers={"Retry-After": str(max(1, math.ceil(wait)))}
                 )
         response = await handler(request)
     except web.HTTPException as exc:
-        response = exc
+        if exc.status >= 400:
+            request.app[NODE_KEY].metrics.http_errors.labels(str(exc.status)).inc()
+        for k, v in CORS_HEADERS.items():
+            exc.headers.setdefault(k, v)
+        raise
     except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)
         response = web.Response(status=500, text="internal error\n")
@@ -111,7 +114,6 @@ def make_endpoint_handlers(role: str):  # noqa: ANN201
                 request.headers.get("Authorization"), _tokens(node, role), _tokens(node, _other(role))
             )
         except AuthError as exc:
-            node.metrics.http_errors.labels(str(exc.status)).inc()
             raise _auth_http(exc) from None
         offer = await _read_body(request, node, SDP_TYPE)
         if role == "whep" and node.settings.require_live_for_whep and not node.broadcast(stream).live:

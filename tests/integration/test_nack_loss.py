@@ -296,9 +296,8 @@ def test_nack_repairs_loss_toward_one_viewer(lossy_link: LossyLink, tmp_path: Pa
     # The common window: from SETTLE_S after the later first frame (past any join burst from the keyframe cache)
     # to the earlier last frame. Both viewers should decode every frame published in it.
     clean_times, lossy_times = clean_report.pop("frame_times"), lossy_report.pop("frame_times")
-    assert clean_times and lossy_times, "a viewer decoded no frame"
-    start = max(clean_times[0], lossy_times[0]) + SETTLE_S
-    end = min(clean_times[-1], lossy_times[-1])
+    start = max(clean_times[:1] + lossy_times[:1], default=0.0) + SETTLE_S
+    end = min(clean_times[-1:] + lossy_times[-1:], default=0.0)
     window = end - start
     published = FPS * window
     clean_n = sum(start <= t <= end for t in clean_times)
@@ -320,16 +319,16 @@ def test_nack_repairs_loss_toward_one_viewer(lossy_link: LossyLink, tmp_path: Pa
     assert clean_report["connection_state"] == "connected" and lossy_report["connection_state"] == "connected"
     assert (clean_report["width"], clean_report["height"]) == (WIDTH, HEIGHT)
     assert (lossy_report["width"], lossy_report["height"]) == (WIDTH, HEIGHT)
-    assert window >= WATCH_S - 4, f"the viewers overlapped for {window:.1f} s only: {summary}"
     assert dropped is None or dropped > 0, "the loss rule dropped nothing: the lossy viewer's media avoided the link"
     # The loss happened and the server repaired it.
     assert nacks > 0, summary
     assert retransmissions > 0, summary
-    # The lossy viewer: >= 95% of what was published in the window, and of what the loss-free viewer decoded in it,
-    # and over its whole session.
+    # The lossy viewer: >= 95% of the frames published during its session, and in the common window >= 95% of what
+    # was published and of what the loss-free viewer decoded.
+    assert lossy_report["frames_decoded"] >= 0.95 * expected(lossy_report), summary
+    assert window >= WATCH_S - 4, f"the viewers overlapped for {window:.1f} s only: {summary}"
     assert lossy_n >= 0.95 * published, summary
     assert lossy_n >= 0.95 * clean_n, summary
-    assert lossy_report["frames_decoded"] >= 0.95 * expected(lossy_report), summary
     # The other viewer is unaffected.
     assert clean_n >= 0.95 * published, summary
     assert clean_report["frames_decoded"] >= 0.95 * expected(clean_report), summary

@@ -92,6 +92,19 @@ def set_ice_hosts(addresses: list[str]) -> None:
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
 
 
+def set_sender_target_bitrate(sender: object, bitrate: int) -> bool:
+    """Set the encoder bitrate of an aiortc RTCRtpSender (a client-side tool; aiortc has no public API).
+
+    The encoder exists only after the first frame was encoded; False until then. aiortc clamps the value
+    (H.264 0.5-3 Mbit/s, VP8 0.25-1.5 Mbit/s).
+    """
+    encoder = getattr(sender, "_RTCRtpSender__encoder", None)
+    if encoder is None or not hasattr(encoder, "target_bitrate"):
+        return False
+    encoder.target_bitrate = bitrate
+    return True
+
+
 @dataclass(slots=True)
 class LocalParameters:
     ice_ufrag: str
@@ -333,5 +346,6 @@ __all__ = [
     "certificate_fingerprint",
     "generate_certificate",
     "set_ice_hosts",
+    "set_sender_target_bitrate",
     "use_ice_hosts",
 ]

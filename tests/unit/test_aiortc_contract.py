@@ -1,0 +1,72 @@
+"""The aiortc / aioice internals that webrtc_cast/sfu_tree/aiortc_glue.py relies on.
+
+When an upgrade moves one of them, this fails first and names it, instead of a session failing at run time.
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+
+import aioice.ice
+import pytest
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
+from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+from aiortc.rtcrtpsender import RTCRtpSender
+
+from webrtc_cast.sfu_tree import aiortc_glue
+
+
+def test_pinned_versions():
+    assert version("aiortc") == "1.16.0"
+    assert version("aioice") == "0.13.0"
+    assert version("cryptography").split(".")[0] in ("45", "46")  # OpenSSL 3.5 with P-224 (FFmpeg's DTLS cert)
+
+
+@pytest.mark.parametrize(
+    ("owner", "name"),
+    [
+        (RTCDtlsTransport, "_handle_rtp_data"),
+        (RTCDtlsTransport, "_handle_rtcp_data"),
+        (RTCDtlsTransport, "_set_role"),
+        (RTCDtlsTransport, "_recv_next"),
+        (RTCCertificate, "_create_ssl_context"),
+        (aioice.ice.Connection, "get_component_candidates"),
+        (aioice.ice.Connection, "recv"),
+    ],
+)
+def test_hooked_methods_exist(owner, name):
+    assert callable(getattr(owner, name))
+
+
+def test_dtls_hooks_keep_their_signatures():
+    assert list(inspect.signature(RTCDtlsTransport._handle_rtp_data).parameters) == ["self", "data", "arrival_time_ms"]
+    assert list(inspect.signature(RTCDtlsTransport._handle_rtcp_data).parameters) == ["self", "data"]
+    assert list(inspect.signature(RTCCertificate._create_ssl_context).parameters) == ["self", "srtp_profiles"]
+    # the receive loop still reads through the ICE transport's _recv attribute, which the glue replaces
+    assert "self.transport._recv()" in inspect.getsource(RTCDtlsTransport._recv_next)
+    assert "self._recv = self._connection.recv" in inspect.getsource(RTCIceTransport.__init__)
+
+
+async def test_glue_reaches_the_attributes_it_uses():
+    cert = aiortc_glue.generate_certificate()
+    assert hasattr(cert, "_cert") and hasattr(cert, "_key")
+    transport = aiortc_glue.PeerTransport(["127.0.0.1"], cert)
+    conn = transport._gatherer._connection
+    for attr in ("_local_candidates", "_local_candidates_start", "_local_candidates_end", "_nominated"):
+        assert hasattr(conn, attr), attr
+    dtls = transport._dtls
+    for attr in ("_tx_srtp", "_rx_srtp"):
+        assert hasattr(dtls, attr), attr
+    local = await transport.gather()
+    assert local.candidates and all(" 127.0.0.1 " in c for c in local.candidates)
+    await transport.close()
+    assert isinstance(transport._gatherer, RTCIceGatherer)
+
+
+def test_sender_encoder_attribute_name():
+    assert "self.__encoder" in inspect.getsource(RTCRtpSender)
+
+
+def test_get_host_addresses_is_looked_up_at_gather_time():
+    assert "get_host_addresses(" in inspect.getsource(aioice.ice.Connection.gather_candidates)
