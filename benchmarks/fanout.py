@@ -165,10 +165,11 @@ async def wait_ready(http: aiohttp.ClientSession, base: str, proc: subprocess.Po
     raise RuntimeError("server did not become ready")
 
 
-async def forwarded_packets(http: aiohttp.ClientSession, base: str) -> int:
+async def forwarded_packets(http: aiohttp.ClientSession, base: str) -> dict[str, int]:
+    """The server's ``webrtc_cast_forwarded_packets_total`` by kind."""
     async with http.get(base + "/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
         text = await r.text()
-    return int(sum(float(v) for _, v in _FORWARDED.findall(text)))
+    return {kind: int(float(v)) for kind, v in _FORWARDED.findall(text)}
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -220,6 +221,7 @@ class Bench:
         assert pub is not None
         return {
             "pub_sent": pub.sent,
+            "pub_audio": pub.sent_audio,
             "pub_bytes": pub.sent_bytes,
             "received": sum(v.received for v in self.viewers),
             "server_sock_drops": udp_drops(self.pid),
@@ -285,7 +287,9 @@ class Bench:
         s1 = self._totals()
         wall = t1 - t0
         published = s1["pub_sent"] - s0["pub_sent"]
-        forwarded = fwd1 - fwd0
+        forwarded = sum(fwd1.values()) - sum(fwd0.values())
+        audio_pub = s1["pub_audio"] - s0["pub_audio"]
+        audio_drop = audio_pub * n - (fwd1.get("audio", 0) - fwd0.get("audio", 0))
         received = s1["received"] - s0["received"]
         delays = sorted(d / 1e6 for d in rec.delays_ns)
         profile = await _collect_profile(profiler) if profiler else None
@@ -297,6 +301,7 @@ class Bench:
             "expected_forwarded": published * n,
             "forwarded_packets": forwarded,
             "server_drop": published * n - forwarded,
+            "server_drop_audio": audio_drop,
             "server_socket_drops": s1["server_sock_drops"] - s0["server_sock_drops"],
             "received_packets": received,
             "load_side_loss": forwarded - received,
@@ -321,11 +326,11 @@ class Bench:
             **({"profile_top_self": profile} if profile else {}),
         }
 
-    async def _drain(self, http: aiohttp.ClientSession) -> int:
+    async def _drain(self, http: aiohttp.ClientSession) -> dict[str, int]:
         """With the publisher paused, wait until the server's and the viewers' counters stop moving (the server
         may still work through a backlog). Returns the forwarded-packets counter. Bounded by DRAIN_MAX_S."""
         deadline = time.monotonic() + DRAIN_MAX_S
-        last: tuple[int, int] | None = None
+        last: tuple[dict[str, int], int] | None = None
         await asyncio.sleep(DRAIN_S)
         while True:
             now = (await forwarded_packets(http, self.base), sum(v.received for v in self.viewers))
