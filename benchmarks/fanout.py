@@ -42,16 +42,18 @@ from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport, generate_certificate
 
 logger = logging.getLogger("fanout")
 
-DEFAULT_STEPS = (50, 100, 150, 200, 250, 300, 350, 400, 500, 600, 800, 1000)
+DEFAULT_STEPS = (25, 50, 75, 100, 125, 150, 200, 250, 300, 400, 500)
 FLOOR_VIEWERS = 150
 TARGET_BITRATE = 2_500_000
 DRAIN_S = 0.3
 DRAIN_MAX_S = 8.0
 PROFILE_TOP = 12
+MAX_VIDEO_WAIT_S = 5.0
 CONTENDED = 0.05  # runqueue wait above this share of the window: other processes competed for the core
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _FORWARDED = re.compile(r'^webrtc_cast_forwarded_packets_total\{kind="(\w+)"\}\s+([0-9.e+]+)', re.M)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+_NO_LINE = re.compile(r":\d+\)$")
 
 
 # --- /proc readers -------------------------------------------------------------------------------------------
@@ -59,6 +61,13 @@ def cpu_seconds(pid: int | str = "self") -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_split(pid: int | str = "self") -> tuple[float, float]:
+    """(user, system) CPU seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def rss_kb(pid: int | str = "self") -> int:
@@ -216,6 +225,19 @@ class Bench:
                     self.viewers.append(v)
         return {"join_seconds": round(time.monotonic() - t0, 2), "join_failures": failed}
 
+    async def wait_video_flowing(self, limit: float) -> float:
+        """Until every viewer receives video (a viewer that joined without a cached keyframe waits for the next
+        one; this publisher ignores PLI). Returns the seconds waited (bounded by ``limit``)."""
+        t0 = time.monotonic()
+        before = [v.video for v in self.viewers]
+        while time.monotonic() - t0 < limit:
+            await asyncio.sleep(0.25)
+            now = [v.video for v in self.viewers]
+            if all(b < a for a, b in zip(now, before, strict=True)):
+                break
+            before = [b if b < a else a for a, b in zip(now, before, strict=True)]
+        return round(time.monotonic() - t0, 2)
+
     def _totals(self) -> dict:
         pub = self.publisher
         assert pub is not None
@@ -224,6 +246,7 @@ class Bench:
             "pub_audio": pub.sent_audio,
             "pub_bytes": pub.sent_bytes,
             "received": sum(v.received for v in self.viewers),
+            "per_viewer": [v.received for v in self.viewers],
             "server_sock_drops": udp_drops(self.pid),
             "load_sock_drops": udp_drops("self"),
         }
@@ -267,6 +290,7 @@ class Bench:
         rec.active = True
         dec0 = (rec.decrypt_ok, rec.decrypt_failures)
         wait0, lwait0 = runqueue_wait_seconds(self.pid), runqueue_wait_seconds()
+        split0 = cpu_split(self.pid)
         cpu0, load0, t0 = cpu_seconds(self.pid), cpu_seconds(), time.monotonic()
         profiler = self._start_profiler(seconds) if n else None
         pub.resume()
@@ -282,9 +306,11 @@ class Bench:
         pub.pause()
         cpu1, load1, t1 = cpu_seconds(self.pid), cpu_seconds(), time.monotonic()
         wait1, lwait1 = runqueue_wait_seconds(self.pid), runqueue_wait_seconds()
+        split1 = cpu_split(self.pid)
         fwd1 = await self._drain(http)
         rec.active = False
         s1 = self._totals()
+        pub.resume()
         wall = t1 - t0
         published = s1["pub_sent"] - s0["pub_sent"]
         forwarded = sum(fwd1.values()) - sum(fwd0.values())
@@ -304,6 +330,7 @@ class Bench:
             "server_drop_audio": audio_drop,
             "server_socket_drops": s1["server_sock_drops"] - s0["server_sock_drops"],
             "received_packets": received,
+            "per_viewer_received": _spread([b - a for a, b in zip(s0["per_viewer"], s1["per_viewer"], strict=True)]),
             "load_side_loss": forwarded - received,
             "load_socket_drops": s1["load_sock_drops"] - s0["load_sock_drops"],
             "egress_mbps": round(forwarded / wall * (s1["pub_bytes"] - s0["pub_bytes"]) / max(published, 1) * 8e-6, 1),
@@ -318,6 +345,8 @@ class Bench:
             "sample_decrypt_failures": rec.decrypt_failures - dec0[1],
             "server_cpu": round((cpu1 - cpu0) / wall, 3),
             "server_cpu_peak_1s": round(peak, 3),
+            "server_cpu_user": round((split1[0] - split0[0]) / wall, 3),
+            "server_cpu_system": round((split1[1] - split0[1]) / wall, 3),
             "server_rss_kb": rss_kb(self.pid),
             "load_cpu": round((load1 - load0) / wall, 3),
             # share of the window each side was runnable but not running (other processes on its core)
@@ -380,6 +409,7 @@ class Bench:
                     joined = await self.join(http, target)
                     per_viewer_join = max(0.01, joined["join_seconds"] / max(added, 1))
                     await asyncio.sleep(args.settle)
+                    joined["waited_for_video_s"] = await self.wait_video_flowing(MAX_VIDEO_WAIT_S)
                     for attempt in range(1 + args.retries):
                         step = {"target": target, "attempt": attempt + 1, **joined}
                         step.update(await self.window(http, args.window))
@@ -498,12 +528,16 @@ async def _collect_profile(profiler: tuple[subprocess.Popen, Path]) -> list[dict
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        leaf = stack.rsplit(";", 1)[-1]
+        leaf = _NO_LINE.sub(")", stack.rsplit(";", 1)[-1])  # merge the lines of one function
         self_counts[leaf] = self_counts.get(leaf, 0) + int(count)
         total += int(count)
     path.unlink()
     top = sorted(self_counts.items(), key=lambda kv: -kv[1])[:PROFILE_TOP]
     return [{"function": f, "self_pct": round(100 * c / total, 1)} for f, c in top] if total else None
+
+
+def _spread(values: list[int]) -> dict | None:
+    return {"min": min(values), "max": max(values)} if values else None
 
 
 def _r(v: float | None) -> float | None:

@@ -52,9 +52,9 @@ def validate_offer(offer: SessionDescription) -> None:
     for section in offer.media:
         if section.kind in counts and section.port != 0:
             counts[section.kind] += 1
-            msid = section.attr("msid")
-            if msid and msid.split()[0] != "-":
-                msids.add(msid.split()[0])
+            msid = (section.attr("msid") or "").split()
+            if msid and msid[0] != "-":
+                msids.add(msid[0])
             if not offer.media_or_session(section, "ice-ufrag") or not offer.media_or_session(
                 section, "ice-pwd"
             ):
@@ -121,7 +121,7 @@ def plan_publisher(offer: SessionDescription, preferred_video: tuple[str, ...] =
         for v in section.attrs("ssrc"):
             try:
                 ssrcs.append(int(v.split()[0]))
-            except ValueError:
+            except (ValueError, IndexError):  # a blank a=ssrc: line
                 continue
         plan = MediaPlan(
             kind=section.kind,

@@ -2,27 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+# Per-packet counts stay plain ints on the forwarding objects (no lock, no call on the hot path); these
+# callbacks read them when /metrics is scraped.
+ForwardingTotals = Callable[[], dict[str, tuple[int, int]]]  # kind -> (packets, bytes)
+IngestTotals = Callable[[], dict[tuple[str, str], tuple[int, int]]]  # (stream, kind) -> (packets, bytes)
+
+
+class _ScrapeTimeCounters(Collector):
+    def __init__(self, forwarding: ForwardingTotals, ingest: IngestTotals) -> None:
+        self._forwarding = forwarding
+        self._ingest = ingest
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        packets = CounterMetricFamily(
+            "webrtc_cast_forwarded_packets", "RTP packets sent to viewers (repairs included)", labels=["kind"]
+        )
+        octets = CounterMetricFamily(
+            "webrtc_cast_forwarded_bytes", "RTP bytes sent to viewers before SRTP", labels=["kind"]
+        )
+        for kind, (n, b) in sorted(self._forwarding().items()):
+            packets.add_metric([kind], n)
+            octets.add_metric([kind], b)
+        in_packets = CounterMetricFamily(
+            "webrtc_cast_ingest_packets", "RTP packets received from publishers", labels=["stream", "kind"]
+        )
+        in_bytes = CounterMetricFamily(
+            "webrtc_cast_ingest_bytes", "RTP bytes received from publishers", labels=["stream", "kind"]
+        )
+        for (stream, kind), (n, b) in sorted(self._ingest().items()):
+            in_packets.add_metric([stream, kind], n)
+            in_bytes.add_metric([stream, kind], b)
+        yield from (packets, octets, in_packets, in_bytes)
 
 
 class NodeMetrics:
-    def __init__(self) -> None:
+    def __init__(self, forwarding: ForwardingTotals | None = None, ingest: IngestTotals | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.ingest_bytes = Counter(
-            "webrtc_cast_ingest_bytes", "RTP bytes received from publishers", ["stream", "kind"], registry=r
-        )
+        r.register(_ScrapeTimeCounters(forwarding or dict, ingest or dict))
         self.ingest_bitrate = Gauge(
             "webrtc_cast_ingest_bitrate_bps", "Ingest bitrate per track (1 s window)", ["stream", "kind"], registry=r
         )
         self.viewers = Gauge("webrtc_cast_viewers", "Connected WHEP viewers", ["stream"], registry=r)
         self.publishers = Gauge("webrtc_cast_publishers", "Connected WHIP publishers", ["stream"], registry=r)
-        self.forwarded_packets = Counter(
-            "webrtc_cast_forwarded_packets", "RTP packets sent to viewers", ["kind"], registry=r
-        )
-        self.forwarded_bytes = Counter(
-            "webrtc_cast_forwarded_bytes", "RTP payload+header bytes sent to viewers", ["kind"], registry=r
-        )
         self.nacks = Counter("webrtc_cast_nacks", "Sequence numbers NACKed by viewers", registry=r)
         self.retransmissions = Counter(
             "webrtc_cast_retransmissions", "Packets re-sent to repair viewer loss", registry=r

@@ -36,7 +36,9 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.certificate = generate_certificate()
-        self.metrics = NodeMetrics()
+        self.metrics = NodeMetrics(self.forwarding_totals, self.ingest_totals)
+        self._retired_forwarding: dict[str, list[int]] = {}  # kind -> [packets, bytes] of closed viewers
+        self._retired_ingest: dict[tuple[str, str], list[int]] = {}
         self.broadcasts: dict[str, Broadcast] = {}
         self.sessions: dict[str, Session] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -187,10 +189,40 @@ class Node:
             session.on_closed()
         except Exception:
             logger.exception("session %s cleanup failed", session.id[:8])
+        self._retire(session)
         await session.transport.close()
         b = self.broadcasts.get(session.stream)
         if b is not None and b.idle:
             self.broadcasts.pop(session.stream, None)
+            for kind, track in b.tracks.items():
+                t = self._retired_ingest.setdefault((session.stream, kind), [0, 0])
+                t[0] += track.buffer.packets
+                t[1] += track.buffer.octets
+
+    # -- counters read at scrape time ----------------------------------------------------------------------
+    def forwarding_totals(self) -> dict[str, tuple[int, int]]:
+        totals = {k: list(v) for k, v in self._retired_forwarding.items()}
+        for s in self.sessions.values():
+            for fwd in getattr(s, "forwarders", {}).values():
+                t = totals.setdefault(fwd.kind, [0, 0])
+                t[0] += fwd.sent_packets
+                t[1] += fwd.sent_octets
+        return {k: (v[0], v[1]) for k, v in totals.items()}
+
+    def ingest_totals(self) -> dict[tuple[str, str], tuple[int, int]]:
+        totals = {k: list(v) for k, v in self._retired_ingest.items()}
+        for name, b in self.broadcasts.items():
+            for kind, track in b.tracks.items():
+                t = totals.setdefault((name, kind), [0, 0])
+                t[0] += track.buffer.packets
+                t[1] += track.buffer.octets
+        return {k: (v[0], v[1]) for k, v in totals.items()}
+
+    def _retire(self, session: Session) -> None:
+        for fwd in getattr(session, "forwarders", {}).values():
+            t = self._retired_forwarding.setdefault(fwd.kind, [0, 0])
+            t[0] += fwd.sent_packets
+            t[1] += fwd.sent_octets
 
     # -- housekeeping -------------------------------------------------------------------------------------
     async def _tick_loop(self) -> None:

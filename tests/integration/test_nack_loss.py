@@ -16,8 +16,8 @@ H only (not 0.0.0.0): the namespace reaches H over the veth, and the root-namesp
 
 Loss: ``tc qdisc ... netem loss 5%`` on the host-side veth (egress toward the viewer) when the kernel has
 sch_netem; otherwise an nftables rule inside the viewer's namespace that drops 5% of the UDP arriving from H
-(``numgen random``) — the same loss seen from the viewer, and it goes away with the namespace. Some CI
-kernels ship without netem (this machine's does).
+(``numgen random``) — the same loss as seen by the viewer, and it goes away with the namespace. Some kernels
+ship without sch_netem (the VM this test was written on has none; nft comes from Debian's nftables package).
 
 Without root, ip, or a working loss mechanism the test is skipped — except under CI=true, where it fails.
 """
@@ -44,7 +44,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-CAST = str(Path(sys.executable).with_name("webrtc-cast"))
+CAST = (sys.executable, "-m", "webrtc_cast")  # the `webrtc-cast` CLI of the code under test
 LOSS_PERCENT = 5
 FPS = 30
 WIDTH, HEIGHT = 640, 360
@@ -77,6 +77,7 @@ class LossyLink:
     netns: str
     host_if: str
     host_ip: str  # root-namespace end of the veth
+    viewer_if: str
     viewer_ip: str  # namespace end
     method: str = ""  # "netem" or "nftables"
 
@@ -117,7 +118,7 @@ def _add_loss(link: LossyLink) -> str | None:
         "table inet wcast_loss {\n"
         "  chain lossy_in {\n"
         "    type filter hook prerouting priority raw; policy accept;\n"
-        f'    iifname "{link.netns}v" ip saddr {link.host_ip} meta l4proto udp '
+        f'    iifname "{link.viewer_if}" ip saddr {link.host_ip} meta l4proto udp '
         f"numgen random mod 1000 < {LOSS_PERCENT * 10} counter drop\n"
         "  }\n"
         "}\n"
@@ -138,8 +139,8 @@ def lossy_link() -> Iterator[LossyLink]:
     tag = f"wcl{os.getpid() % 1_000_000}"
     host_ip, viewer_ip = _pick_subnet()
     # veth names are at most 15 characters: wcl<6 digits> + h / v.
-    link = LossyLink(netns=tag, host_if=f"{tag}h", host_ip=host_ip, viewer_ip=viewer_ip)
-    viewer_if = f"{tag}v"
+    link = LossyLink(netns=tag, host_if=f"{tag}h", host_ip=host_ip, viewer_if=f"{tag}v", viewer_ip=viewer_ip)
+    viewer_if = link.viewer_if
     created_ns = created_link = False
     try:
         try:
@@ -177,16 +178,20 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an http_proxy
+
+
 def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=2) as resp:
+    with _HTTP.open(url, timeout=2) as resp:
         return resp.read().decode()
 
 
-def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen[str] | None = None) -> None:  # noqa: ANN001
+def _wait_for(predicate, timeout: float, what: str, alive=None) -> None:  # noqa: ANN001
+    """Poll ``predicate`` until true; ``alive`` (optional) raises if the process being waited for is gone."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: process exited with {proc.returncode}")
+        if alive is not None:
+            alive()
         with contextlib.suppress(OSError, ValueError, KeyError):
             if predicate():
                 return
@@ -256,26 +261,30 @@ def test_nack_repairs_loss_toward_one_viewer(lossy_link: LossyLink, tmp_path: Pa
     base = f"http://{host}:{port}"
     procs = _Processes(tmp_path)
     try:
-        server = procs.spawn(
-            "server", CAST, "serve", "--host", host, "--port", str(port),
+        procs.spawn(
+            "server", *CAST, "serve", "--host", host, "--port", str(port),
             "--ice-host", "127.0.0.1", "--ice-host", host, "--log-level", "warning",
         )
-        _wait_for(lambda: json.loads(_get(f"{base}/healthz"))["status"] == "ok", 15, "the server", server)
+        _wait_for(
+            lambda: json.loads(_get(f"{base}/healthz"))["status"] == "ok", 15, "the server",
+            lambda: procs.alive("server"),
+        )
 
-        publisher = procs.spawn(
-            "publisher", CAST, "publish", f"{base}/whip/{STREAM}", "--synthetic", "--json",
+        procs.spawn(
+            "publisher", *CAST, "publish", f"{base}/whip/{STREAM}", "--synthetic", "--json",
             "--duration", str(WATCH_S + 8), "--fps", str(FPS), "--width", str(WIDTH), "--height", str(HEIGHT),
             "--ice-hosts", "127.0.0.1",
         )
         _wait_for(
-            lambda: json.loads(_get(f"{base}/healthz"))["broadcasts"][STREAM]["live"], 15, "the publisher", publisher
+            lambda: json.loads(_get(f"{base}/healthz"))["broadcasts"][STREAM]["live"], 15, "the publisher",
+            lambda: procs.alive("publisher"),
         )
         time.sleep(0.5)  # past the first keyframe: both viewers join on the keyframe cache
 
         watch = ("watch", f"{base}/whep/{STREAM}", "--json", "--frame-times", "--duration", str(WATCH_S))
-        procs.spawn("clean", CAST, *watch, "--ice-hosts", "127.0.0.1")
+        procs.spawn("clean", *CAST, *watch, "--ice-hosts", "127.0.0.1")
         procs.spawn(
-            "lossy", "ip", "netns", "exec", lossy_link.netns, CAST, *watch, "--ice-hosts", lossy_link.viewer_ip
+            "lossy", "ip", "netns", "exec", lossy_link.netns, *CAST, *watch, "--ice-hosts", lossy_link.viewer_ip
         )
         clean_report = procs.report("clean", WATCH_S + 20)
         lossy_report = procs.report("lossy", WATCH_S + 10)

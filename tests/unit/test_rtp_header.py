@@ -130,13 +130,9 @@ def test_fuzz_parse_raises_only_rtp_error(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.integers(0, 15).flatmap(lambda n: st.tuples(st.just(n), st.binary(min_size=0, max_size=40))),
-    st.binary(min_size=12, max_size=12),
-)
-def test_fuzz_structured_headers_raise_only_rtp_error(csrc_and_tail: tuple[int, bytes], fixed: bytes) -> None:
+@given(st.binary(min_size=12, max_size=12), st.binary(max_size=40))
+def test_fuzz_structured_headers_raise_only_rtp_error(fixed: bytes, tail: bytes) -> None:
     """Version 2 headers with random flags, CSRC counts and extension lengths: parse never raises anything else."""
-    _, tail = csrc_and_tail
     data = bytes([0x80 | (fixed[0] & 0x3F)]) + fixed[1:] + tail
     try:
         h = parse(data)
@@ -172,7 +168,7 @@ def test_no_extension_yields_nothing() -> None:
 
 def test_mid_and_rid_extensions() -> None:
     """A Chrome simulcast packet carries mid (id 4) and rid (id 10) as one-byte elements."""
-    ext = bytes([0x40, ord("1"), 0xA0, ord("h")]) + b"\x00" * 0
+    ext = bytes([0x40, ord("1"), 0xA0, ord("h")])
     data = raw_packet(ext_profile=0xBEDE, ext_body=ext)
     assert one_byte_extensions(data, parse(data)) == {4: b"1", 10: b"h"}
 
@@ -185,7 +181,8 @@ def test_rewrite_replaces_fixed_header_and_drops_csrcs_and_extensions() -> None:
     h = parse(data)
     out = rewrite(data, h, 96, 0xFFFF, 0xFFFFFFFF, 0x01020304)
     h2 = parse(out)
-    assert (h2.payload_type, h2.marker, h2.sequence, h2.timestamp, h2.ssrc) == (96, True, 0xFFFF, 0xFFFFFFFF, 0x01020304)
+    assert (h2.payload_type, h2.marker, h2.sequence) == (96, True, 0xFFFF)
+    assert (h2.timestamp, h2.ssrc) == (0xFFFFFFFF, 0x01020304)
     assert h2.payload_offset == 12
     assert h2.extension_profile == 0
     assert h2.padding

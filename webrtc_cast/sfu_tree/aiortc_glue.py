@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -28,11 +30,51 @@ from aiortc.rtcdtlstransport import (
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTransport
 from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 from OpenSSL import SSL
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
 
 logger = logging.getLogger(__name__)
 
 RtpHandler = Callable[[bytes, float], None]
 RtcpHandler = Callable[[bytes], None]
+# The forwarding hot path: (payload view, first byte, second byte, sequence, timestamp, ssrc) -> sent?
+RtpSink = Callable[[memoryview, int, int, int, int, int], bool]
+
+# One scratch buffer for every outbound packet of the process (the hot path is single-threaded): the new RTP
+# header and the payload are written into it, protected in place by libsrtp, and sent from it. No bytes object
+# is built per viewer.
+_SCRATCH_SIZE = 2048
+_SCRATCH = _srtp_ffi.new("char[]", _SCRATCH_SIZE)
+_SCRATCH_VIEW = memoryview(_srtp_ffi.buffer(_SCRATCH))
+_SCRATCH_LEN = _srtp_ffi.new("int *")
+_MAX_PLAINTEXT = _SCRATCH_SIZE - 64  # room for the SRTP auth tag / GCM tag
+_RTP_HEADER = struct.Struct("!BBHII")
+
+
+def _make_sink(srtp_session: pylibsrtp.Session, sock: socket.socket, addr: tuple) -> RtpSink:  # type: ignore[type-arg]
+    ctx = srtp_session._srtp[0]  # pylibsrtp internal: the libsrtp context of this session
+    protect = _srtp_lib.srtp_protect
+    ok = _srtp_lib.srtp_err_status_ok
+    sendto = sock.sendto
+    pack_into = _RTP_HEADER.pack_into
+    view, buf, len_p, limit = _SCRATCH_VIEW, _SCRATCH, _SCRATCH_LEN, _MAX_PLAINTEXT
+
+    def sink(payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int) -> bool:
+        n = 12 + len(payload)
+        if n > limit:
+            return False
+        pack_into(view, 0, b0, b1, seq, ts, ssrc)
+        view[12:n] = payload
+        len_p[0] = n
+        if protect(ctx, buf, len_p) != ok:
+            return False
+        try:
+            sendto(view[: len_p[0]], addr)
+        except OSError:  # full socket buffer (EAGAIN) or a vanished route: a drop the receiver can NACK
+            return False
+        return True
+
+    return sink
 
 # ECDSA and RSA suites: GStreamer webrtcbin presents an RSA certificate and aiortc's stock list is ECDSA-only,
 # so as DTLS client we could not talk to it.
@@ -155,6 +197,9 @@ class PeerTransport:
         self.bytes_sent = 0
         self.packets_sent = 0
         self.junk_datagrams = 0
+        self._sink: RtpSink | None = None
+        self._sink_pair: object | None = None
+        self._sink_socket: socket.socket | None = None
         # aiortc's DTLS receive loop reads data[0] of every datagram: one empty UDP datagram from anyone who
         # knows the port would raise IndexError and end the session. Drop empty datagrams before it sees them.
         self._ice._recv = self._recv_nonempty
@@ -251,6 +296,24 @@ class PeerTransport:
         return True
 
     # -- I/O ---------------------------------------------------------------------------------------------
+    def rtp_sink(self) -> RtpSink | None:
+        """The hot-path sender for this peer once DTLS is up (None before): rewrite, protect and send in one
+        synchronous call, using a duplicate of the selected ICE pair's socket."""
+        pair = self._ice._connection._nominated.get(1)
+        srtp = self._dtls._tx_srtp
+        if pair is None or srtp is None or pair.protocol.transport is None:
+            return None
+        if self._sink is not None and self._sink_pair is pair:
+            return self._sink
+        trsock = pair.protocol.transport.get_extra_info("socket")
+        if self._sink_socket is not None:
+            self._sink_socket.close()
+        self._sink_socket = socket.fromfd(trsock.fileno(), trsock.family, trsock.type)
+        self._sink_socket.setblocking(False)
+        self._sink = _make_sink(srtp, self._sink_socket, pair.remote_addr)
+        self._sink_pair = pair
+        return self._sink
+
     async def _recv_nonempty(self) -> bytes:
         recv = self._gatherer._connection.recv
         while True:
@@ -331,6 +394,10 @@ class PeerTransport:
         self._closed = True
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
+        self._sink = None
+        if self._sink_socket is not None:
+            self._sink_socket.close()
+            self._sink_socket = None
         with contextlib.suppress(Exception):
             await self._dtls.stop()
         with contextlib.suppress(Exception):
@@ -339,6 +406,7 @@ class PeerTransport:
 
 
 __all__ = [
+    "RtpSink",
     "DTLS_CIPHERS",
     "LocalParameters",
     "PeerTransport",

@@ -97,6 +97,7 @@ class Broadcast:
                 track.sender_clock = None
             for fwd in track.forwarders:
                 fwd.set_source_codec(codec.key)
+                fwd.source_restarted()
             self._by_pt[codec.payload_type] = track
         self.live = True
         if self.on_live_change is not None:
@@ -132,10 +133,17 @@ class Broadcast:
         track.window_bytes += len(data)
         if keyframe:
             track.keyframes.keyframe_arrived()
+        # The hot loop: per viewer only the mapping decision and one sink call (header write, SRTP, sendto).
+        payload = memoryview(data)[hdr.payload_offset :]
+        size = len(payload) + 12
+        b0 = 0xA0 if hdr.padding else 0x80
+        marker = 0x80 if hdr.marker else 0
         sent = 0
         for fwd in track.forwarders:
-            out = fwd.forward(pkt, keyframe, now)
-            if out is not None and fwd.send(out):
+            mapped = fwd.map(pkt, keyframe, now)
+            if mapped is not None and fwd.sink(payload, b0, fwd.out_pt | marker, mapped[0], mapped[1], fwd.ssrc):
+                fwd.sent_packets += 1
+                fwd.sent_octets += size
                 sent += 1
         return sent
 

@@ -37,6 +37,9 @@ class Forwarder:
         "retransmitted",
         "nack_misses",
         "send",
+        "sink",
+        "sent_packets",
+        "sent_octets",
     )
 
     def __init__(
@@ -65,7 +68,11 @@ class Forwarder:
         self.dropped_no_codec = 0
         self.retransmitted = 0
         self.nack_misses = 0
-        self.send = None  # set by the adapter: Callable[[bytes], bool]
+        self.send = None  # set by the adapter: Callable[[bytes], bool] for whole packets (bursts, repairs)
+        # set by the adapter: the hot-path sender (payload view, b0, b1, seq, ts, ssrc) -> bool
+        self.sink = None
+        self.sent_packets = 0  # counted by whoever sends (the adapter), read by /metrics at scrape time
+        self.sent_octets = 0
 
     def set_source_codec(self, codec_key: str) -> bool:
         """The publisher's codec for this track. False if this viewer did not negotiate it."""
@@ -78,18 +85,37 @@ class Forwarder:
             self.waiting_keyframe = True
         return self._out_pt is not None
 
+    @property
+    def out_pt(self) -> int | None:
+        """The viewer's payload type for the publisher's current codec."""
+        return self._out_pt
+
+    def source_restarted(self) -> None:
+        """The publisher reconnected (possibly reusing its SSRC): start a new epoch at its next keyframe."""
+        self.munger.forget_source()
+        if self.needs_keyframe:
+            self.waiting_keyframe = True
+
     def forward(self, pkt: Packet, keyframe: bool, now: float) -> bytes | None:
         """The packet rewritten for this viewer, or None when it is not forwarded."""
+        mapped = self.map(pkt, keyframe, now)
+        if mapped is None:
+            return None
+        return rewrite(pkt[0], pkt[1], self._out_pt, mapped[0], mapped[1], self.ssrc)  # type: ignore[arg-type]
+
+    def map(self, pkt: Packet, keyframe: bool, now: float) -> tuple[int, int] | None:
+        """The viewer's (sequence number, timestamp) for this packet, or None when it is not forwarded.
+
+        The decision half of :meth:`forward`; the hot path writes the header itself (see Broadcast.on_rtp).
+        """
         data, header, ext_seq = pkt
-        out_pt = self._out_pt
-        if out_pt is None:
+        if self._out_pt is None:
             self.dropped_no_codec += 1
             return None
         munger = self.munger
         if header.ssrc != munger.source_ssrc:
             if self.needs_keyframe and not keyframe:
-                self.waiting_keyframe = True
-                return None
+                return None  # keep the current source until the new one's keyframe (DESIGN.md §4)
             munger.switch(header.ssrc, ext_seq, header.timestamp, now)
             self.waiting_keyframe = False
         elif self.waiting_keyframe:
@@ -100,10 +126,9 @@ class Forwarder:
         mapped = munger.map(header.ssrc, ext_seq, header.timestamp, now)
         if mapped is None:
             return None
-        out = rewrite(data, header, out_pt, mapped[0], mapped[1], self.ssrc)
         self.packets += 1
-        self.octets += len(out) - 12
-        return out
+        self.octets += len(data) - header.payload_offset
+        return mapped
 
     def start_burst(self, packets: list[Packet], now: float) -> list[bytes]:
         """Join on the keyframe cache: the packets from the latest keyframe, rewritten, to send at once."""
@@ -122,7 +147,14 @@ class Forwarder:
         """Repair one lost packet from the buffer: as RTX when negotiated, else as the original packet."""
         source_seq = self.munger.source_seq(out_seq)
         pkt = buffer.get(source_seq) if source_seq is not None else None
-        if pkt is None or pkt[1].ssrc != self.munger.source_ssrc or self._out_pt is None:
+        # A packet from before this epoch's start (e.g. the new source's packets that came before its keyframe)
+        # was never sent under this mapping: out_seq belonged to the previous source.
+        if (
+            pkt is None
+            or pkt[1].ssrc != self.munger.source_ssrc
+            or pkt[2] < self.munger.epoch_first_seq
+            or self._out_pt is None
+        ):
             self.nack_misses += 1
             return None
         data, header, _ = pkt

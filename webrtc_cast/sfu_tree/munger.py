@@ -84,6 +84,15 @@ class Munger:
             return None
         return (out_seq - self._seq_offset) & 0xFFFF
 
+    def forget_source(self) -> None:
+        """The next packet starts a new epoch even if its SSRC equals the current one (a source restart)."""
+        self._ssrc = None
+
+    @property
+    def epoch_first_seq(self) -> int:
+        """The extended source sequence number the current epoch started at."""
+        return self._epoch_first_seq
+
     def output_ts(self, source_ts: int) -> int:
         return (source_ts + self._ts_offset) & 0xFFFFFFFF
 

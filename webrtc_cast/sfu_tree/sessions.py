@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -13,13 +14,14 @@ from dataclasses import dataclass, field
 from signaling.negotiation import MediaPlan
 from webrtc_cast.metrics import NodeMetrics
 from webrtc_cast.rtp import rtcp
-from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport
+from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport, RtpSink
 from webrtc_cast.sfu_tree.broadcast import Broadcast, SourceTrack
 from webrtc_cast.sfu_tree.forwarder import Forwarder
 
 logger = logging.getLogger(__name__)
 
 _NTP_EPOCH_OFFSET = 2_208_988_800
+_RTP_HEADER = struct.Struct("!BBHII")
 
 
 def new_session_id() -> str:
@@ -77,8 +79,9 @@ class PublisherSession(Session):
     _last_rr: float = 0.0
 
     def on_rtp(self, data: bytes, arrival: float) -> None:
-        now = time.monotonic()
-        self.broadcast.on_rtp(data, now)
+        if self.broadcast.publisher_id != self.id:
+            return  # a replaced publisher's last packets must not reach the viewers
+        self.broadcast.on_rtp(data, time.monotonic())
 
     def on_rtcp(self, data: bytes) -> None:
         now = time.monotonic()
@@ -149,36 +152,58 @@ class ViewerSession(Session):
         self.metrics.nacks.inc(len(nack.lost))
         for seq in nack.lost[:64]:
             out = fwd.retransmit(seq, track.buffer)
-            if out is not None and self.transport.send_rtp(out):
+            if out is not None and fwd.send(out):
                 self.metrics.retransmissions.inc()
 
     def on_connected(self) -> None:
         now = time.monotonic()
         for fwd in self.forwarders.values():
-            direct = self._counting_send(fwd.kind)
-            fwd.send = direct
+            fwd.send = self._send_packet(fwd)
+            fwd.sink = self._first_sink(fwd)
             burst = self.broadcast.add_forwarder(fwd, now)
             if burst:
-                _PacedBurst(fwd, direct, burst, self.burst_packets, self.burst_interval).start()
+                _PacedBurst(fwd, self._fast_sink(fwd), burst, self.burst_packets, self.burst_interval).start()
         self.broadcast.viewer_count += 1
         self.metrics.viewers.labels(self.stream).inc()
 
-    def _counting_send(self, kind: str):  # noqa: ANN202 - returns the hot-path send callable
+    def _send_packet(self, fwd: Forwarder) -> Callable[[bytes], bool]:
+        """Whole-packet sends (keyframe bursts, repairs), counted on the forwarder."""
         send_rtp = self.transport.send_rtp
-        packets = self.metrics.forwarded_packets.labels(kind)
-        octets = self.metrics.forwarded_bytes.labels(kind)
 
         def send(data: bytes) -> bool:
             if not send_rtp(data):
                 return False
-            packets.inc()
-            octets.inc(len(data))
-            if not self._joined:
-                self._joined = True
-                self.metrics.join_time.observe(time.monotonic() - self.posted_at)
+            fwd.sent_packets += 1
+            fwd.sent_octets += len(data)
+            self._mark_joined()
             return True
 
         return send
+
+    def _fast_sink(self, fwd: Forwarder) -> RtpSink:
+        sink = self.transport.rtp_sink()
+        if sink is not None:
+            return sink
+        send_rtp = self.transport.send_rtp  # not connected yet (cannot happen after on_connected): slow path
+        return lambda payload, b0, b1, seq, ts, ssrc: send_rtp(_RTP_HEADER.pack(b0, b1, seq, ts, ssrc) + payload)
+
+    def _first_sink(self, fwd: Forwarder) -> RtpSink:
+        """The first forwarded packet records the join time, then the forwarder gets the bare fast sink."""
+        fast = self._fast_sink(fwd)
+
+        def first(payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int) -> bool:
+            if not fast(payload, b0, b1, seq, ts, ssrc):
+                return False
+            self._mark_joined()
+            fwd.sink = fast
+            return True
+
+        return first
+
+    def _mark_joined(self) -> None:
+        if not self._joined:
+            self._joined = True
+            self.metrics.join_time.observe(time.monotonic() - self.posted_at)
 
     def tick(self, now: float, wall: float) -> None:
         if self.connected_at is None or now - self._last_sr < self.sender_report_interval:
@@ -221,30 +246,29 @@ class _PacedBurst:
 
     A whole GOP sent in one go overflows the viewer's socket buffer (hundreds of packets in microseconds),
     so the start would depend on NACK repair. While the burst drains, live packets queue behind it so the
-    viewer sees them in order; once drained, the forwarder sends directly again.
+    viewer sees them in order; once drained, the forwarder's sink is the fast path again.
     """
 
-    def __init__(
-        self, fwd: Forwarder, direct: Callable[[bytes], bool], burst: list[bytes], chunk: int, interval: float
-    ) -> None:
+    def __init__(self, fwd: Forwarder, fast: RtpSink, burst: list[bytes], chunk: int, interval: float) -> None:
         self._fwd = fwd
-        self._direct = direct
+        self._fast = fast
         self._queue: deque[bytes] = deque(burst)
         self._chunk = chunk
         self._interval = interval
 
     def start(self) -> None:
-        self._fwd.send = self._enqueue
+        self._fwd.sink = self._enqueue
         self._drain()
 
-    def _enqueue(self, data: bytes) -> bool:
-        self._queue.append(data)
-        return True
+    def _enqueue(self, payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int) -> bool:
+        self._queue.append(_RTP_HEADER.pack(b0, b1, seq, ts, ssrc) + payload)
+        return False  # counted when the drain sends it
 
     def _drain(self) -> None:
+        send = self._fwd.send
         for _ in range(min(self._chunk, len(self._queue))):
-            self._direct(self._queue.popleft())
+            send(self._queue.popleft())
         if self._queue:
             asyncio.get_running_loop().call_later(self._interval, self._drain)
         else:
-            self._fwd.send = self._direct
+            self._fwd.sink = self._fast
