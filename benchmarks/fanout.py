@@ -153,6 +153,11 @@ def start_server(port: int, core: int | None, max_viewers: int, log_path: Path) 
         "127.0.0.1",
         "--max-viewers",
         str(max_viewers),
+        # every lean viewer posts from 127.0.0.1: lift the per-address limit meant for real clients
+        "--http-rate",
+        "10000",
+        "--http-burst",
+        "10000",
         "--log-level",
         "warning",
     ]

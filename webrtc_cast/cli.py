@@ -43,6 +43,14 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
         help=f"Bearer token required to watch over WHEP; also ${VIEW_TOKEN_ENV}. With none, viewing is open.",
     )
     p.add_argument("--max-viewers", type=int, default=Settings().max_viewers, help="WHEP sessions per node")
+    p.add_argument(
+        "--http-rate", type=float, default=Settings().http_requests_per_second,
+        help="POST/PATCH/DELETE per second per client address before 429 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--http-burst", type=int, default=Settings().http_burst,
+        help="requests a client address may make at once (default: %(default)s)",
+    )
     p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain) file")
     p.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -56,6 +64,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         publish_tokens=args.publish_tokens or [],
         view_tokens=args.view_tokens or [],
         max_viewers=args.max_viewers,
+        http_requests_per_second=args.http_rate,
+        http_burst=args.http_burst,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
