@@ -33,6 +33,8 @@ from OpenSSL import SSL
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from webrtc_cast.rtp.srtp_gcm import GcmProtector
+
 logger = logging.getLogger(__name__)
 
 RtpHandler = Callable[[bytes, float], None]
@@ -75,6 +77,37 @@ def _make_sink(srtp_session: pylibsrtp.Session, sock: socket.socket, addr: tuple
         return True
 
     return sink
+
+
+def _make_gcm_sink(gcm: GcmProtector, sock: socket.socket, addr: tuple) -> RtpSink:  # type: ignore[type-arg]
+    protect_parts = gcm.protect_parts
+    sendmsg = sock.sendmsg
+    pack = _RTP_HEADER.pack
+
+    def sink(payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int) -> bool:
+        header = pack(b0, b1, seq, ts, ssrc)
+        try:
+            sendmsg((header, protect_parts(header, payload, seq, ssrc)), (), 0, addr)
+        except OSError:
+            return False
+        return True
+
+    return sink
+
+
+_GCM_PROFILES = {b"SRTP_AEAD_AES_128_GCM": 16, b"SRTP_AEAD_AES_256_GCM": 32}
+
+
+def _gcm_protector(dtls: RTCDtlsTransport) -> GcmProtector | None:
+    """Our AES-GCM sender (RFC 7714) when DTLS negotiated a GCM profile; None for AES-CM (libsrtp then)."""
+    key_len = _GCM_PROFILES.get(dtls._ssl.get_selected_srtp_profile())
+    if key_len is None:
+        return None
+    material = dtls._ssl.export_keying_material(b"EXTRACTOR-dtls_srtp", 2 * (key_len + 12))
+    idx = 1 if dtls._role == "server" else 0  # RFC 5764 §4.2: client key, server key, client salt, server salt
+    key = material[idx * key_len : (idx + 1) * key_len]
+    salt = material[2 * key_len + idx * 12 : 2 * key_len + (idx + 1) * 12]
+    return GcmProtector(key, salt)
 
 # ECDSA and RSA suites: GStreamer webrtcbin presents an RSA certificate and aiortc's stock list is ECDSA-only,
 # so as DTLS client we could not talk to it.
@@ -200,6 +233,8 @@ class PeerTransport:
         self._sink: RtpSink | None = None
         self._sink_pair: object | None = None
         self._sink_socket: socket.socket | None = None
+        self._gcm_checked = False
+        self._gcm_protector: GcmProtector | None = None
         # aiortc's DTLS receive loop reads data[0] of every datagram: one empty UDP datagram from anyone who
         # knows the port would raise IndexError and end the session. Drop empty datagrams before it sees them.
         self._ice._recv = self._recv_nonempty
@@ -310,7 +345,11 @@ class PeerTransport:
             self._sink_socket.close()
         self._sink_socket = socket.fromfd(trsock.fileno(), trsock.family, trsock.type)
         self._sink_socket.setblocking(False)
-        self._sink = _make_sink(srtp, self._sink_socket, pair.remote_addr)
+        gcm = self._gcm()
+        if gcm is not None:
+            self._sink = _make_gcm_sink(gcm, self._sink_socket, pair.remote_addr)
+        else:
+            self._sink = _make_sink(srtp, self._sink_socket, pair.remote_addr)
         self._sink_pair = pair
         return self._sink
 
@@ -322,6 +361,12 @@ class PeerTransport:
                 return data
             self.junk_datagrams += 1
 
+    def _gcm(self) -> GcmProtector | None:
+        if self._gcm_checked is False and self._dtls._tx_srtp is not None:
+            self._gcm_checked = True
+            self._gcm_protector = _gcm_protector(self._dtls)
+        return self._gcm_protector
+
     def send_rtp(self, packet: bytes) -> bool:
         """Protect and send one RTP packet now (synchronous, no await). False if not sent."""
         dtls = self._dtls
@@ -330,9 +375,12 @@ class PeerTransport:
         pair = self._ice._connection._nominated.get(1)
         if pair is None:
             return False
+        gcm = self._gcm()
         try:
-            data = dtls._tx_srtp.protect(packet)
-        except pylibsrtp.Error:
+            # one protector per SSRC stream: with GCM negotiated, every RTP packet goes through ours so the
+            # rollover counter stays consistent between the hot path and repairs
+            data = gcm.protect(packet) if gcm is not None else dtls._tx_srtp.protect(packet)
+        except (pylibsrtp.Error, ValueError, struct.error):
             self.srtp_errors += 1
             return False
         transport = pair.protocol.transport
