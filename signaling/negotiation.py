@@ -45,12 +45,23 @@ def _supported(codec: Codec, kind: str) -> bool:
     return codec.key in SUPPORTED_VIDEO
 
 
+def in_use(offer: SessionDescription, section: MediaSection) -> bool:
+    """Whether an offered section is meant to carry media: a non-zero port, or port 0 with ``a=bundle-only``
+    inside the offer's BUNDLE group (RFC 8843 §7.3.3; GStreamer webrtcbin offers its audio that way)."""
+    if section.port != 0:
+        return True
+    if section.attr("bundle-only") is None or section.mid is None:
+        return False
+    group = (offer.session_attr("group") or "").split()
+    return bool(group) and group[0] == "BUNDLE" and section.mid in group[1:]
+
+
 def validate_offer(offer: SessionDescription) -> None:
     """RFC 9725 §4.4: one MediaStream, at most one audio and one video track; ICE and DTLS present."""
     counts = {"audio": 0, "video": 0}
     msids: set[str] = set()
     for section in offer.media:
-        if section.kind in counts and section.port != 0:
+        if section.kind in counts and in_use(offer, section):
             counts[section.kind] += 1
             msid = (section.attr("msid") or "").split()
             if msid and msid[0] != "-":
@@ -99,7 +110,7 @@ def plan_publisher(offer: SessionDescription, preferred_video: tuple[str, ...] =
     """Answer sections for a WHIP offer: recvonly, one codec per section, no RTX."""
     out: list[tuple[AnswerSection, MediaPlan | None]] = []
     for section in offer.media:
-        if section.kind not in ("audio", "video") or section.port == 0:
+        if section.kind not in ("audio", "video") or not in_use(offer, section):
             out.append((AnswerSection(section, accepted=False), None))
             continue
         if section.direction not in ("sendonly", "sendrecv"):
@@ -145,7 +156,7 @@ def plan_viewer(
     """
     out: list[tuple[AnswerSection, MediaPlan | None]] = []
     for section in offer.media:
-        if section.kind not in ("audio", "video") or section.port == 0:
+        if section.kind not in ("audio", "video") or not in_use(offer, section):
             out.append((AnswerSection(section, accepted=False), None))
             continue
         if section.direction not in ("recvonly", "sendrecv"):

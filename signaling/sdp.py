@@ -251,6 +251,8 @@ def write_answer(session_id: int, transport: TransportParams, sections: list[Ans
     ]
     if accepted_mids:
         lines.append("a=group:BUNDLE " + " ".join(accepted_mids))
+    # also at session level: a rejected section carries none, and some peers (GStreamer 1.22) look for one
+    lines.append(f"a=fingerprint:sha-256 {transport.fingerprint}")
     lines.append("a=msid-semantic: WMS *")
     first = True
     for i, s in enumerate(sections):

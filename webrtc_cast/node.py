@@ -86,7 +86,7 @@ class Node:
             planned = negotiation.plan_publisher(offer, self.settings.preferred_video_codecs)
         else:
             planned = negotiation.plan_viewer(offer, broadcast.live_codecs())
-        first = next(s for s in offer.media if s.port != 0 and s.kind in ("audio", "video"))
+        first = next(s for s in offer.media if negotiation.in_use(offer, s) and s.kind in ("audio", "video"))
         remote_ufrag = offer.media_or_session(first, "ice-ufrag") or ""
         remote_pwd = offer.media_or_session(first, "ice-pwd") or ""
         fingerprints = offer.fingerprints(first)
