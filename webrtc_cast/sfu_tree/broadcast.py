@@ -16,7 +16,7 @@ from webrtc_cast.rtp import header as rtp_header
 from webrtc_cast.rtp.header import RtpError
 from webrtc_cast.sfu_tree.forwarder import Forwarder
 from webrtc_cast.sfu_tree.keyframe_requests import KeyframeRequests
-from webrtc_cast.sfu_tree.layer_buffer import LayerBuffer
+from webrtc_cast.sfu_tree.layer_buffer import LayerBuffer, Packet
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,10 @@ class Broadcast:
         self.request_upstream_keyframe: Callable[[SourceTrack], None] | None = None
         self.on_live_change: Callable[[bool], None] | None = None
         self.viewer_count = 0
+        # Packet taps beside the viewers (the LL-HLS packager, recorders): called once per stored packet with
+        # (track, packet, keyframe, now). A tap must not raise; it is isolated and counted if it does.
+        self.taps: list[Callable[[SourceTrack, Packet, bool, float], None]] = []
+        self.tap_errors = 0
         self.malformed = 0
         self.unroutable = 0
 
@@ -133,6 +137,12 @@ class Broadcast:
         track.window_bytes += len(data)
         if keyframe:
             track.keyframes.keyframe_arrived()
+        for tap in self.taps:
+            try:
+                tap(track, pkt, keyframe, now)
+            except Exception:  # a broken packager must not stop the viewers
+                self.tap_errors += 1
+                logger.exception("broadcast %s: tap failed", self.name)
         # The hot loop: per viewer only the mapping decision and one sink call (header write, SRTP, sendto).
         payload = memoryview(data)[hdr.payload_offset :]
         size = len(payload) + 12
