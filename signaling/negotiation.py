@@ -9,11 +9,14 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from signaling import simulcast as simulcast_sdp
 from signaling.sdp import AnswerSection, Codec, MediaSection, SdpError, SdpUnsupported, SessionDescription
+from signaling.simulcast import ABS_SEND_TIME_URI, SimulcastPlan
 
 SUPPORTED_VIDEO = ("H264", "VP8")
 SUPPORTED_AUDIO = ("OPUS",)
 VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir")
+PUBLISHER_VIDEO_FEEDBACK = (*VIDEO_FEEDBACK, "goog-remb")  # REMB tells the publisher how much we take
 
 
 @dataclass(slots=True)
@@ -27,6 +30,8 @@ class MediaPlan:
     rtx_payload_types: dict[int, int] = field(default_factory=dict)  # media PT -> its RTX PT
     feedback: set[str] = field(default_factory=set)
     ssrcs: list[int] = field(default_factory=list)  # ssrcs announced in the offer (publisher)
+    simulcast: SimulcastPlan | None = None  # publisher video sending several layers
+    abs_send_time_id: int | None = None  # negotiated abs-send-time extension id
 
 
 def h264_profile(codec: Codec) -> str:
@@ -127,7 +132,14 @@ def plan_publisher(offer: SessionDescription, preferred_video: tuple[str, ...] =
                 else (rank.get(c.key, 99), 0)
             )
         chosen = copy.deepcopy(candidates[0])
-        chosen.feedback = [fb for fb in chosen.feedback if fb in VIDEO_FEEDBACK] if section.kind == "video" else []
+        chosen.feedback = (
+            [fb for fb in chosen.feedback if fb in PUBLISHER_VIDEO_FEEDBACK] if section.kind == "video" else []
+        )
+        sim = simulcast_sdp.parse(section) if section.kind == "video" else None
+        extmaps: dict[int, str] = dict(sim.extmaps) if sim else {}
+        abs_id = next((i for i, uri in section.extmaps.items() if uri == ABS_SEND_TIME_URI), None)
+        if abs_id is not None and "goog-remb" in chosen.feedback:
+            extmaps[abs_id] = ABS_SEND_TIME_URI
         ssrcs = []
         for v in section.attrs("ssrc"):
             try:
@@ -141,8 +153,14 @@ def plan_publisher(offer: SessionDescription, preferred_video: tuple[str, ...] =
             payload_types={chosen.key: chosen.payload_type},
             feedback=set(chosen.feedback),
             ssrcs=sorted(set(ssrcs)),
+            simulcast=sim,
+            abs_send_time_id=abs_id if abs_id in extmaps else None,
         )
-        out.append((AnswerSection(section, accepted=True, direction="recvonly", codecs=[chosen]), plan))
+        answer = AnswerSection(
+            section, accepted=True, direction="recvonly", codecs=[chosen], extmaps=extmaps,
+            extra=sim.answer_lines() if sim else [],
+        )
+        out.append((answer, plan))
     return out
 
 

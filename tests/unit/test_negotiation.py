@@ -139,7 +139,8 @@ def test_publisher_chrome_prefers_constrained_baseline_h264_packetization_mode_1
     assert plan.payload_types == {"H264": 106}
     assert plan.rtx_payload_types == {}
     assert [c.payload_type for c in video_answer.codecs] == [106]  # one codec, no RTX toward the publisher
-    assert plan.feedback == {"nack", "nack pli", "ccm fir"}  # goog-remb / transport-cc filtered out
+    # goog-remb is kept: the server sends REMB so the publisher ramps up; transport-cc is filtered out
+    assert plan.feedback == {"nack", "nack pli", "ccm fir", "goog-remb"}
     assert plan.ssrcs == [2882400001, 2882400002]
     assert plan.mid == "1" and plan.kind == "video"
 

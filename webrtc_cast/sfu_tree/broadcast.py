@@ -1,7 +1,11 @@
-"""Broadcast: one stream's source tracks and the viewers' forwarders — synchronous, no I/O.
+"""Broadcast: one stream's source layers and the viewers' forwarders — synchronous, no I/O.
 
-The hot path is :meth:`Broadcast.on_rtp`: parse once, store once, then one synchronous pass over the
-viewers' forwarders (rewrite, then the adapter's ``send`` protects and sends). No await per packet.
+A *track* here is one incoming RTP stream with its own LayerBuffer: "audio", "video", or one simulcast layer
+"video/<rid>". A viewer's video Forwarder is subscribed to the layer it forwards, and during a layer switch also
+to the target layer, whose keyframe completes the switch (then it leaves the old layer's list).
+
+The hot path is :meth:`Broadcast.on_rtp`: parse once, store once, then one synchronous pass over the layer's
+forwarders (map, then the adapter's sink writes, protects and sends). No await per packet.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from signaling.sdp import Codec
-from webrtc_cast.codecs import keyframe_detector
+from signaling.simulcast import rank_hint
+from webrtc_cast.codecs import h264, keyframe_detector, vp8
 from webrtc_cast.rtp import header as rtp_header
 from webrtc_cast.rtp.header import RtpError
 from webrtc_cast.sfu_tree.forwarder import Forwarder
@@ -31,24 +36,48 @@ class SenderClock:
 
 
 @dataclass(slots=True)
+class PublishedTrack:
+    """What a publisher's session sends for one kind (from the negotiated offer)."""
+
+    kind: str
+    codec: Codec
+    rids: list[str] = field(default_factory=list)  # simulcast layers, empty for one layer
+    rid_ext_id: int | None = None  # header extension carrying the rid
+    legacy_ssrcs: list[int] = field(default_factory=list)  # ssrc-group:SIM simulcast, low to high
+
+
+@dataclass(slots=True, eq=False)
 class SourceTrack:
+    key: str  # "audio", "video" or "video/<rid>"
     kind: str
     codec: Codec
     buffer: LayerBuffer
     keyframes: KeyframeRequests
     is_keyframe: Callable[[bytes], bool]
+    rid: str | None = None
     sender_clock: SenderClock | None = None
     forwarders: list[Forwarder] = field(default_factory=list)
     window_bytes: int = 0  # bytes since the last bitrate sample
     bitrate: float = 0.0
+    width: int | None = None  # from the latest keyframe
+    height: int | None = None
+    active: bool = False  # packets arrived in the last bitrate window
 
     @property
     def clock_rate(self) -> int:
         return self.codec.clock_rate
 
+    def quality(self) -> tuple[int, float, int]:
+        """Sort key, small to large: resolution when known, then bitrate, then the rid's name."""
+        return ((self.width or 0) * (self.height or 0), self.bitrate, rank_hint(self.rid or ""))
+
+
+def _layer_key(kind: str, rid: str | None) -> str:
+    return kind if not rid else f"{kind}/{rid}"
+
 
 class Broadcast:
-    """One live stream: its publisher's tracks (which survive a publisher reconnect) and its viewers."""
+    """One live stream: its publisher's layers (which survive a publisher reconnect) and its viewers."""
 
     def __init__(
         self,
@@ -60,7 +89,10 @@ class Broadcast:
     ) -> None:
         self.name = name
         self.tracks: dict[str, SourceTrack] = {}
-        self._by_pt: dict[int, SourceTrack] = {}
+        self.forwarders: dict[str, list[Forwarder]] = {"audio": [], "video": []}  # every viewer's, by kind
+        self._by_pt: dict[int, SourceTrack] = {}  # one-layer tracks
+        self._by_ssrc: dict[int, SourceTrack] = {}  # learned (rid simulcast) or announced (legacy SIM)
+        self._rid_routes: dict[int, tuple[int, dict[str, SourceTrack]]] = {}  # pt -> (rid ext id, rid -> track)
         self._nack_buffer_packets = nack_buffer_packets
         self._keyframe_cache_packets = keyframe_cache_packets
         self._keyframe_request_interval = keyframe_request_interval
@@ -70,6 +102,7 @@ class Broadcast:
         # set by the publisher session: send a keyframe request upstream for the track's media SSRC
         self.request_upstream_keyframe: Callable[[SourceTrack], None] | None = None
         self.on_live_change: Callable[[bool], None] | None = None
+        self.on_layers_change: Callable[[], None] | None = None
         self.viewer_count = 0
         # Packet taps beside the viewers (the LL-HLS packager, recorders): called once per stored packet with
         # (track, packet, keyframe, now). A tap must not raise; it is isolated and counted if it does.
@@ -77,41 +110,66 @@ class Broadcast:
         self.tap_errors = 0
         self.malformed = 0
         self.unroutable = 0
+        self._now = 0.0  # the latest packet time, for decisions made outside a packet (publisher attach)
 
     # -- publisher side ---------------------------------------------------------------------------------
-    def attach_publisher(self, publisher_id: str, codecs: dict[str, Codec]) -> None:
-        """A publisher's session is up (new or reconnecting): its codec per kind and payload types."""
+    def attach_publisher(self, publisher_id: str, published: list[PublishedTrack] | dict[str, Codec]) -> None:
+        """A publisher's session is up (new or reconnecting): its codec and layers per kind."""
+        if isinstance(published, dict):
+            published = [PublishedTrack(kind, codec) for kind, codec in published.items()]
         self.publisher_id = publisher_id
-        self._by_pt = {}
-        for kind, codec in codecs.items():
-            track = self.tracks.get(kind)
-            if track is None:
-                track = SourceTrack(
-                    kind=kind,
-                    codec=codec,
-                    buffer=LayerBuffer(self._nack_buffer_packets, self._keyframe_cache_packets),
-                    keyframes=KeyframeRequests(self._keyframe_request_interval),
-                    is_keyframe=keyframe_detector(codec.name),
-                )
-                self.tracks[kind] = track
-            else:
-                track.codec = codec
-                track.is_keyframe = keyframe_detector(codec.name)
-                track.buffer.reset()
-                track.sender_clock = None
-            for fwd in track.forwarders:
-                fwd.set_source_codec(codec.key)
-                fwd.source_restarted()
-            self._by_pt[codec.payload_type] = track
+        self._by_pt, self._by_ssrc, self._rid_routes = {}, {}, {}
+        wanted: dict[str, SourceTrack] = {}
+        for pub in published:
+            rids = pub.rids or [None]
+            routes: dict[str, SourceTrack] = {}
+            for i, rid in enumerate(rids):
+                track = self._track(_layer_key(pub.kind, rid), pub.kind, pub.codec, rid)
+                wanted[track.key] = track
+                if rid is None:
+                    self._by_pt[pub.codec.payload_type] = track
+                elif pub.rid_ext_id is not None:
+                    routes[rid] = track
+                elif i < len(pub.legacy_ssrcs):
+                    self._by_ssrc[pub.legacy_ssrcs[i]] = track
+            if routes:
+                self._rid_routes[pub.codec.payload_type] = (pub.rid_ext_id, routes)  # type: ignore[assignment]
+        # layers the new publisher does not send are gone; their viewers move to a layer that exists
+        for key in [k for k in self.tracks if k not in wanted]:
+            del self.tracks[key]
         self.live = True
+        for fwds in self.forwarders.values():
+            for fwd in fwds:
+                self._resubscribe(fwd, self._now, publisher_restart=True)
         if self.on_live_change is not None:
             self.on_live_change(True)
+        self._layers_changed()
+
+    def _track(self, key: str, kind: str, codec: Codec, rid: str | None) -> SourceTrack:
+        track = self.tracks.get(key)
+        if track is None:
+            track = SourceTrack(
+                key=key,
+                kind=kind,
+                codec=codec,
+                buffer=LayerBuffer(self._nack_buffer_packets, self._keyframe_cache_packets),
+                keyframes=KeyframeRequests(self._keyframe_request_interval),
+                is_keyframe=keyframe_detector(codec.name),
+                rid=rid,
+            )
+            self.tracks[key] = track
+        else:
+            track.codec = codec
+            track.is_keyframe = keyframe_detector(codec.name)
+            track.buffer.reset()
+            track.sender_clock = None
+        return track
 
     def detach_publisher(self, publisher_id: str) -> None:
         if self.publisher_id != publisher_id:
             return  # an older session of a publisher that has already reconnected
         self.publisher_id = None
-        self._by_pt = {}
+        self._by_pt, self._by_ssrc, self._rid_routes = {}, {}, {}
         self.live = False
         if self.on_live_change is not None:
             self.on_live_change(False)
@@ -119,7 +177,24 @@ class Broadcast:
     def live_codecs(self) -> dict[str, Codec | None]:
         if not self.live:
             return {}
-        return {kind: t.codec for kind, t in self.tracks.items()}
+        return {t.kind: t.codec for t in self.tracks.values()}
+
+    def _route(self, data: bytes, hdr: rtp_header.RtpHeader) -> SourceTrack | None:
+        track = self._by_ssrc.get(hdr.ssrc)
+        if track is not None:
+            return track
+        track = self._by_pt.get(hdr.payload_type)
+        if track is not None:
+            return track
+        rid_route = self._rid_routes.get(hdr.payload_type)
+        if rid_route is None:
+            return None
+        ext_id, by_rid = rid_route
+        rid = rtp_header.one_byte_extensions(data, hdr).get(ext_id)
+        track = by_rid.get(rid.decode("ascii", "replace")) if rid else None
+        if track is not None:
+            self._by_ssrc[hdr.ssrc] = track  # later packets may omit the rid
+        return track
 
     def on_rtp(self, data: bytes, now: float) -> int:
         """One RTP packet from the publisher. Returns how many viewers it was sent to."""
@@ -128,7 +203,8 @@ class Broadcast:
         except RtpError:
             self.malformed += 1
             return 0
-        track = self._by_pt.get(hdr.payload_type)
+        self._now = now
+        track = self._route(data, hdr)
         if track is None:
             self.unroutable += 1
             return 0
@@ -137,6 +213,7 @@ class Broadcast:
         track.window_bytes += len(data)
         if keyframe:
             track.keyframes.keyframe_arrived()
+            self._note_resolution(track, data[hdr.payload_offset :])
         for tap in self.taps:
             try:
                 tap(track, pkt, keyframe, now)
@@ -148,14 +225,21 @@ class Broadcast:
         size = len(payload) + 12
         b0 = 0xA0 if hdr.padding else 0x80
         marker = 0x80 if hdr.marker else 0
+        key = track.key
         sent = 0
         for fwd in track.forwarders:
-            mapped = fwd.map(pkt, keyframe, now)
+            mapped = fwd.map(pkt, keyframe, now, key)
             if mapped is not None and fwd.sink(payload, b0, fwd.out_pt | marker, mapped[0], mapped[1], fwd.ssrc):
                 fwd.sent_packets += 1
                 fwd.sent_octets += size
                 sent += 1
         return sent
+
+    def _note_resolution(self, track: SourceTrack, payload: bytes) -> None:
+        size = h264.sps_resolution(payload) if track.codec.key == "H264" else vp8.keyframe_resolution(payload)
+        if size is not None and size != (track.width, track.height):
+            track.width, track.height = size
+            self._layers_changed()
 
     def on_sender_report(self, ssrc: int, ntp_seconds: float, rtp_time: int, now: float) -> None:
         for track in self.tracks.values():
@@ -164,51 +248,117 @@ class Broadcast:
 
     def sample_bitrates(self, interval: float) -> dict[str, float]:
         out = {}
-        for kind, track in self.tracks.items():
+        changed = False
+        for key, track in self.tracks.items():
             track.bitrate = track.window_bytes * 8 / interval if interval > 0 else 0.0
+            active = track.window_bytes > 0
+            changed |= active != track.active
+            track.active = active
             track.window_bytes = 0
-            out[kind] = track.bitrate
+            out[key] = track.bitrate
+        if changed:
+            self._layers_changed()
         return out
+
+    def _layers_changed(self) -> None:
+        if self.on_layers_change is not None:
+            self.on_layers_change()
+
+    # -- layers -------------------------------------------------------------------------------------------
+    def video_layers(self) -> list[SourceTrack]:
+        """The video layers, smallest first."""
+        return sorted((t for t in self.tracks.values() if t.kind == "video"), key=SourceTrack.quality)
+
+    def layer_for(self, fwd: Forwarder) -> SourceTrack | None:
+        """The layer a forwarder should take: its pinned rid if that layer exists, else the best one allowed."""
+        if fwd.kind != "video":
+            return self.tracks.get(fwd.kind)
+        layers = [t for t in self.video_layers() if t.active or not any(x.active for x in self.tracks.values())]
+        if not layers:
+            layers = self.video_layers()
+        if not layers:
+            return None
+        if fwd.pinned_rid is not None:
+            for t in layers:
+                if t.rid == fwd.pinned_rid:
+                    return t
+        allowed = [t for t in layers if fwd.max_height is None or t.height is None or t.height <= fwd.max_height]
+        allowed = allowed or layers[:1]
+        if fwd.max_bitrate is not None:
+            fitting = [t for t in allowed if t.bitrate <= fwd.max_bitrate]
+            allowed = fitting or allowed[:1]
+        return allowed[-1]
+
+    def _resubscribe(self, fwd: Forwarder, now: float, publisher_restart: bool = False) -> None:
+        """Point the forwarder at the layer it should take (a switch completes at that layer's keyframe)."""
+        track = self.layer_for(fwd)
+        if track is None:
+            return
+        fwd.set_source_codec(track.codec.key)
+        if publisher_restart:
+            fwd.source_restarted()
+        if fwd not in track.forwarders:
+            track.forwarders.append(fwd)
+        if fwd.target_layer != track.key:
+            fwd.target_layer = track.key
+            if fwd.current_layer != track.key and self.live:
+                self.request_keyframe_on(track, now)
+        # drop subscriptions that are neither current nor target
+        for t in self.tracks.values():
+            if t.kind == fwd.kind and fwd in t.forwarders and t.key not in (fwd.current_layer, fwd.target_layer):
+                t.forwarders.remove(fwd)
+
+    def _switched(self, fwd: Forwarder, old: str | None, new: str) -> None:
+        if old is not None and old != new:
+            track = self.tracks.get(old)
+            if track is not None and fwd in track.forwarders:
+                track.forwarders.remove(fwd)
+
+    def reselect(self, fwd: Forwarder, now: float) -> None:
+        """The viewer's limits or choice changed (or the layers did): move it if needed."""
+        self._resubscribe(fwd, now)
+
+    def reselect_all(self, now: float) -> None:
+        for fwd in self.forwarders["video"]:
+            self._resubscribe(fwd, now)
 
     # -- viewer side ------------------------------------------------------------------------------------
     def add_forwarder(self, fwd: Forwarder, now: float) -> list[bytes]:
         """Attach a viewer's forwarder; returns the keyframe-cache burst to send at once (video)."""
-        track = self.tracks.get(fwd.kind)
-        if track is None:
-            # Not live yet: create the track slot so the viewer is attached when the publisher arrives.
-            track = self._empty_track(fwd.kind)
-        track.forwarders.append(fwd)
+        fwd.on_switch = self._switched
+        self.forwarders.setdefault(fwd.kind, []).append(fwd)
         if not self.live:
             return []
-        fwd.set_source_codec(track.codec.key)
-        if fwd.kind != "video":
+        self._resubscribe(fwd, now)
+        track = self.tracks.get(fwd.target_layer or "")
+        if track is None or fwd.kind != "video":
             return []
-        burst = fwd.start_burst(track.buffer.keyframe_packets(now, self._keyframe_cache_max_age), now)
+        burst = fwd.start_burst(track.buffer.keyframe_packets(now, self._keyframe_cache_max_age), now, track.key)
         if not burst:
-            self.request_keyframe(fwd.kind, now)
+            self.request_keyframe_on(track, now)
         return burst
 
-    def _empty_track(self, kind: str) -> SourceTrack:
-        placeholder = Codec(0, "opus" if kind == "audio" else "VP8", 48000 if kind == "audio" else 90000)
-        track = SourceTrack(
-            kind=kind,
-            codec=placeholder,
-            buffer=LayerBuffer(self._nack_buffer_packets, self._keyframe_cache_packets),
-            keyframes=KeyframeRequests(self._keyframe_request_interval),
-            is_keyframe=keyframe_detector(placeholder.name),
-        )
-        self.tracks[kind] = track
-        return track
-
     def remove_forwarder(self, fwd: Forwarder) -> None:
-        track = self.tracks.get(fwd.kind)
-        if track is not None and fwd in track.forwarders:
-            track.forwarders.remove(fwd)
+        fwds = self.forwarders.get(fwd.kind, [])
+        if fwd in fwds:
+            fwds.remove(fwd)
+        for track in self.tracks.values():
+            if fwd in track.forwarders:
+                track.forwarders.remove(fwd)
+
+    def track_of(self, fwd: Forwarder) -> SourceTrack | None:
+        """The layer the forwarder sends now (for NACK repair and sender reports)."""
+        return self.tracks.get(fwd.current_layer or fwd.target_layer or fwd.kind)
 
     def request_keyframe(self, kind: str, now: float) -> bool:
         """A viewer asked for a keyframe (PLI/FIR or join): merged and throttled upstream."""
         track = self.tracks.get(kind)
-        if track is None or not self.live:
+        if track is None:
+            return any(self.request_keyframe_on(t, now) for t in self.tracks.values() if t.kind == kind)
+        return self.request_keyframe_on(track, now)
+
+    def request_keyframe_on(self, track: SourceTrack, now: float) -> bool:
+        if not self.live:
             return False
         if track.keyframes.request(now):
             if self.request_upstream_keyframe is not None:
@@ -223,4 +373,4 @@ class Broadcast:
 
     @property
     def idle(self) -> bool:
-        return not self.live and not any(t.forwarders for t in self.tracks.values())
+        return not self.live and not any(self.forwarders.values())

@@ -40,6 +40,12 @@ class Forwarder:
         "sink",
         "sent_packets",
         "sent_octets",
+        "current_layer",
+        "target_layer",
+        "pinned_rid",
+        "max_height",
+        "max_bitrate",
+        "on_switch",
     )
 
     def __init__(
@@ -73,6 +79,13 @@ class Forwarder:
         self.sink = None
         self.sent_packets = 0  # counted by whoever sends (the adapter), read by /metrics at scrape time
         self.sent_octets = 0
+        # layers (simulcast): what is forwarded now, and what a switch is waiting for (a keyframe of it)
+        self.current_layer: str | None = None
+        self.target_layer: str | None = None
+        self.pinned_rid: str | None = None  # the viewer's manual choice; None = automatic
+        self.max_height: int | None = None  # automatic selection never goes above this
+        self.max_bitrate: float | None = None  # ... nor above the viewer's estimated bandwidth
+        self.on_switch = None  # Callable[[Forwarder, old layer, new layer], None], set by the Broadcast
 
     def set_source_codec(self, codec_key: str) -> bool:
         """The publisher's codec for this track. False if this viewer did not negotiate it."""
@@ -96,16 +109,19 @@ class Forwarder:
         if self.needs_keyframe:
             self.waiting_keyframe = True
 
-    def forward(self, pkt: Packet, keyframe: bool, now: float) -> bytes | None:
+    def forward(self, pkt: Packet, keyframe: bool, now: float, layer: str | None = None) -> bytes | None:
         """The packet rewritten for this viewer, or None when it is not forwarded."""
-        mapped = self.map(pkt, keyframe, now)
+        mapped = self.map(pkt, keyframe, now, layer)
         if mapped is None:
             return None
         return rewrite(pkt[0], pkt[1], self._out_pt, mapped[0], mapped[1], self.ssrc)  # type: ignore[arg-type]
 
-    def map(self, pkt: Packet, keyframe: bool, now: float) -> tuple[int, int] | None:
+    def map(self, pkt: Packet, keyframe: bool, now: float, layer: str | None = None) -> tuple[int, int] | None:
         """The viewer's (sequence number, timestamp) for this packet, or None when it is not forwarded.
 
+        ``layer`` names the incoming stream the packet belongs to (None: the target layer). The current layer is
+        forwarded until a keyframe of the target layer arrives; that packet starts a new munger epoch, so
+        sequence numbers stay continuous and timestamps keep running across switches (DESIGN.md §4).
         The decision half of :meth:`forward`; the hot path writes the header itself (see Broadcast.on_rtp).
         """
         data, header, ext_seq = pkt
@@ -113,16 +129,17 @@ class Forwarder:
             self.dropped_no_codec += 1
             return None
         munger = self.munger
-        if header.ssrc != munger.source_ssrc:
-            if self.needs_keyframe and not keyframe:
-                return None  # keep the current source until the new one's keyframe (DESIGN.md §4)
-            munger.switch(header.ssrc, ext_seq, header.timestamp, now)
-            self.waiting_keyframe = False
-        elif self.waiting_keyframe:
-            if not keyframe:
+        if layer is None:
+            layer = self.target_layer
+        if layer != self.current_layer or header.ssrc != munger.source_ssrc or self.waiting_keyframe:
+            # not what is being forwarded now: only the target layer's keyframe (any packet for audio) switches
+            if layer != self.target_layer or (self.needs_keyframe and not keyframe):
                 return None
             munger.switch(header.ssrc, ext_seq, header.timestamp, now)
             self.waiting_keyframe = False
+            old, self.current_layer = self.current_layer, layer
+            if old != layer and self.on_switch is not None:
+                self.on_switch(self, old, layer)
         mapped = munger.map(header.ssrc, ext_seq, header.timestamp, now)
         if mapped is None:
             return None
@@ -130,7 +147,7 @@ class Forwarder:
         self.octets += len(data) - header.payload_offset
         return mapped
 
-    def start_burst(self, packets: list[Packet], now: float) -> list[bytes]:
+    def start_burst(self, packets: list[Packet], now: float, layer: str | None = None) -> list[bytes]:
         """Join on the keyframe cache: the packets from the latest keyframe, rewritten, to send at once."""
         if not packets:
             return []
@@ -138,7 +155,7 @@ class Forwarder:
             self.waiting_keyframe = True
         out = []
         for pkt in packets:
-            rewritten = self.forward(pkt, pkt is packets[0], now)
+            rewritten = self.forward(pkt, pkt is packets[0], now, layer)
             if rewritten is not None:
                 out.append(rewritten)
         return out

@@ -15,7 +15,7 @@ from signaling.negotiation import MediaPlan
 from webrtc_cast.metrics import NodeMetrics
 from webrtc_cast.rtp import rtcp
 from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport, RtpSink
-from webrtc_cast.sfu_tree.broadcast import Broadcast, SourceTrack
+from webrtc_cast.sfu_tree.broadcast import Broadcast, PublishedTrack, SourceTrack
 from webrtc_cast.sfu_tree.forwarder import Forwarder
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,19 @@ class PublisherSession(Session):
 
     def on_connected(self) -> None:
         self.broadcast.request_upstream_keyframe = self._send_keyframe_request
-        self.broadcast.attach_publisher(self.id, {p.kind: p.codec for p in self.plans})
+        published = []
+        for p in self.plans:
+            sim = p.simulcast
+            if sim is not None and sim.ignored:
+                logger.warning("publisher %s: more than %d simulcast layers; ignoring %s",
+                               self.id[:8], len(sim.rids), ", ".join(sim.ignored))
+            published.append(PublishedTrack(
+                p.kind, p.codec,
+                rids=list(sim.rids) if sim else [],
+                rid_ext_id=sim.rid_ext_id if sim else None,
+                legacy_ssrcs=list(sim.legacy_ssrcs) if sim else [],
+            ))
+        self.broadcast.attach_publisher(self.id, published)
         self.metrics.publishers.labels(self.stream).inc()
         logger.info("publisher %s live on stream %r", self.id[:8], self.stream)
 
@@ -140,13 +152,16 @@ class ViewerSession(Session):
                 self._repair(pkt)
             elif isinstance(pkt, rtcp.Pli | rtcp.Fir):
                 self.metrics.keyframe_requests.inc()
-                self.broadcast.request_keyframe("video", now)
+                video = self.forwarders.get("video")
+                track = self.broadcast.track_of(video) if video is not None else None
+                if track is not None:
+                    self.broadcast.request_keyframe_on(track, now)
 
     def _repair(self, nack: rtcp.Nack) -> None:
         fwd = next((f for f in self.forwarders.values() if f.ssrc == nack.media_ssrc), None)
         if fwd is None:
             return
-        track = self.broadcast.tracks.get(fwd.kind)
+        track = self.broadcast.track_of(fwd)
         if track is None:
             return
         self.metrics.nacks.inc(len(nack.lost))
@@ -218,7 +233,7 @@ class ViewerSession(Session):
         munger = fwd.munger
         if not munger.started or munger.last_time is None:
             return None
-        track = self.broadcast.tracks.get(fwd.kind)
+        track = self.broadcast.track_of(fwd)
         rate = munger.clock_rate
         clock = track.sender_clock if track is not None else None
         if clock is not None and track is not None and track.buffer.ssrc == munger.source_ssrc:
