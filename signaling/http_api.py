@@ -17,6 +17,7 @@ from aiohttp import web
 
 from signaling import sdp
 from signaling.auth import AuthError, check_bearer
+from signaling.chat.http import register_chat_routes
 from signaling.rate_limit import RateLimiter
 from webrtc_cast.node import STREAM_NAME, Node, NodeFull
 from webrtc_cast.sfu_tree.sessions import Session
@@ -237,7 +238,16 @@ async def healthz(request: web.Request) -> web.Response:
     body = {
         "status": "ok",
         "broadcasts": {
-            name: {"live": b.live, "viewers": b.viewer_count} for name, b in node.broadcasts.items()
+            name: {
+                "live": b.live,
+                "viewers": b.viewer_count,
+                "layers": [
+                    {"key": t.key, "rid": t.rid, "width": t.width, "height": t.height,
+                     "bitrate": round(t.bitrate), "active": t.active, "viewers": len(t.forwarders)}
+                    for t in sorted(b.tracks.values(), key=lambda t: (t.kind, t.quality()))
+                ],
+            }
+            for name, b in node.broadcasts.items()
         },
         "sessions": len(node.sessions),
     }
@@ -301,6 +311,7 @@ def create_app(node: Node) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/publish/{stream}", _page("publish.html", web_root))
     app.router.add_get("/watch/{stream}", _page("watch.html", web_root))
+    register_chat_routes(app, node)
     if web_root.is_dir():
         app.router.add_static("/static", web_root, follow_symlinks=False)
 

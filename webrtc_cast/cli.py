@@ -53,6 +53,11 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain) file")
     p.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
+    p.add_argument(
+        "--redis", metavar="URL", dest="redis_url",
+        help="Redis URL (redis://127.0.0.1:6379/0 or unix:///path): chat rooms span nodes through Redis pub/sub "
+        "and chat history lives there (default: one process, in memory)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -68,6 +73,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         http_burst=args.http_burst,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        redis_url=args.redis_url,
     )
 
 

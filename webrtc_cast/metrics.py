@@ -72,5 +72,28 @@ class NodeMetrics:
             registry=r,
         )
 
+        self.chat_connections = Gauge("webrtc_cast_chat_connections", "Open chat WebSockets", registry=r)
+        self.chat_messages = Counter(
+            "webrtc_cast_chat_messages", "Chat messages accepted from this node's clients", registry=r
+        )
+        self.chat_reactions = Counter(
+            "webrtc_cast_chat_reactions", "Reactions accepted from this node's clients", registry=r
+        )
+        self.chat_deliveries = Counter(
+            "webrtc_cast_chat_deliveries", "Chat frames fanned out to clients (messages, moderation, reactions, "
+            "viewers)", registry=r,
+        )
+        self.chat_skipped_frames = Counter(
+            "webrtc_cast_chat_skipped_frames", "Reaction/viewer frames not sent to a client with a full buffer",
+            registry=r,
+        )
+        self.chat_rejected = Counter(
+            "webrtc_cast_chat_rejected", "Client chat frames refused, by error code", ["code"], registry=r
+        )
+        self.chat_closed = Counter(
+            "webrtc_cast_chat_closed", "Chat WebSockets closed by the server, by close code", ["code"], registry=r
+        )
+        self.chat_bus_errors = Counter("webrtc_cast_chat_bus_errors", "Failed chat bus (Redis) calls", registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -109,7 +109,7 @@ class Node:
         plans = [p for _, p in planned if p is not None]
         session: Session
         if role == "whip":
-            session = PublisherSession(**common, plans=plans)
+            session = PublisherSession(**common, plans=plans, remb_bitrate=self.settings.ingest_max_bitrate)
         else:
             viewer = ViewerSession(**common, sender_report_interval=self.settings.sender_report_interval)
             for answer_section, plan in planned:

@@ -27,12 +27,39 @@ class Settings:
     sender_report_interval: float = 1.0  # seconds between RTCP sender reports per outbound stream
     whep_retry_after: int = 5  # seconds, in 409 (not live, when required) and 503 (full) answers
     require_live_for_whep: bool = False  # False: viewers may join before the broadcast goes live
+    ingest_max_bitrate: int = 6_000_000  # bit/s announced to publishers by REMB (all layers together)
     preferred_video_codecs: tuple[str, ...] = ("H264", "VP8")
     http_requests_per_second: float = 20.0  # POST/PATCH/DELETE per client address; beyond it 429
     http_burst: int = 40  # requests a client address may make at once before the rate applies
     tls_cert: str | None = None  # PEM certificate: serve HTTPS (RFC 9725 §5 wants TLS in production)
     tls_key: str | None = None
     web_root: str | None = None  # folder of the browser pages; None: the packaged web/ folder
+    redis_url: str | None = None  # --redis: chat rooms span nodes via Redis pub/sub, history kept there; None: memory
+    # Chat (GET /chat/{stream}, docs/chat.md).
+    chat_moderator_tokens: list[str] = field(default_factory=list)  # join tokens of moderators (publish tokens too)
+    chat_history: int = 100  # messages kept per room (in Redis when --redis) and sent on join
+    chat_max_text_chars: int = 500  # code points per message
+    chat_max_name_chars: int = 32  # code points per display name
+    chat_max_frame_bytes: int = 4096  # larger client frames: error frame; over 4x this the socket closes (1009)
+    chat_frames_per_second: float = 20.0  # any client frame, per connection (token bucket)
+    chat_frame_burst: int = 40
+    chat_messages_per_second: float = 1.0  # chat messages per connection (token bucket)
+    chat_message_burst: int = 5
+    chat_reactions_per_second: float = 5.0  # reactions per connection (token bucket)
+    chat_reaction_burst: int = 20
+    chat_max_violations: int = 10  # limit violations within the window before a close with 1008
+    chat_violation_window: float = 10.0  # seconds
+    chat_max_slow_mode: float = 3600.0  # the largest slow-mode interval a moderator may set, seconds
+    chat_max_connections_per_address: int = 20  # WebSockets per client address per node; beyond: close 4029
+    chat_client_buffer_bytes: int = 256 * 1024  # outgoing buffer per connection; a message past it: close 4008
+    chat_reaction_interval: float = 0.25  # seconds: reactions are counted and sent as one frame per interval
+    chat_viewers_interval: float = 2.0  # seconds between viewer-count updates (sent only when changed)
+    chat_join_timeout: float = 10.0  # seconds from the upgrade to the join frame, else close 4000
+    chat_heartbeat: float = 30.0  # seconds between WebSocket pings; a missed pong closes the socket
+    chat_max_rooms: int = 10_000  # rooms per node; idle ones are forgotten first (memory: their history too)
+    chat_ban_addresses: bool = True  # a ban also bans the client address (all its connections)
+    chat_redis_prefix: str = "webrtc-cast:chat"  # Redis key and channel prefix
+    chat_redis_ttl: int = 7 * 86400  # seconds a room's Redis keys live after its last change
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -60,6 +60,12 @@ class Outcome:
     reply: list[bytes] = field(default_factory=list)  # JSON payloads for this client only
     publish: list[dict] = field(default_factory=list)  # events for the bus (every node, every member)
     close: tuple[int, str] | None = None  # close this client with (code, reason)
+    errors: list[str] = field(default_factory=list)  # the codes of the error frames in ``reply``
+
+
+def _error(out: Outcome, code: str, message: str, retry_after: float | None = None) -> None:
+    out.reply.append(p.error_frame(code, message, retry_after))
+    out.errors.append(code)
 
 
 def _matches(token: str, tokens: list[str]) -> bool:
@@ -123,7 +129,7 @@ class Room:
             )
         except p.ProtocolError as exc:
             if exc.code == p.UNSUPPORTED_VERSION:
-                out.reply.append(p.error_frame(exc.code, exc.message))
+                _error(out, exc.code, exc.message)
                 out.close = (p.CLOSE_PROTOCOL, "unsupported version")
                 return out
             return self._violation(member, out, now, exc.code, exc.message)
@@ -150,22 +156,22 @@ class Room:
         v.append(now)
         while v and v[0] <= now - self.limits.violation_window:
             v.popleft()
-        out.reply.append(p.error_frame(code, message, retry_after))
+        _error(out, code, message, retry_after)
         if len(v) >= self.limits.max_violations:
             out.close = (p.CLOSE_POLICY, "too many violations")
         return out
 
     def _join(self, member: Member, frame: p.Join, out: Outcome) -> Outcome:
         if member.joined:
-            out.reply.append(p.error_frame(p.ALREADY_JOINED, "already joined"))
+            _error(out, p.ALREADY_JOINED, "already joined")
             return out
         role = chat_role(frame.token, self.moderator_tokens, self.view_tokens)
         if role is None:
-            out.reply.append(p.error_frame(p.UNAUTHORIZED, "unknown or missing token"))
+            _error(out, p.UNAUTHORIZED, "unknown or missing token")
             out.close = (p.CLOSE_UNAUTHORIZED, "unauthorized")
             return out
         if role != "moderator" and (member.uid in self.banned or member.addr_key in self.banned):
-            out.reply.append(p.error_frame(p.BANNED, "banned from this room"))
+            _error(out, p.BANNED, "banned from this room")
             out.close = (p.CLOSE_BANNED, "banned")
             return out
         member.name = frame.name
@@ -213,7 +219,7 @@ class Room:
             if frame.id is not None:
                 message = next((m for m in self.history if m["id"] == frame.id), None)
                 if message is None:
-                    out.reply.append(p.error_frame(p.NOT_FOUND, "no such message in the history"))
+                    _error(out, p.NOT_FOUND, "no such message in the history")
                     return out
                 message = message_frame(message)
             out.publish.append({"t": "pin", "message": message, "by": by})

@@ -1,7 +1,7 @@
 // publish.js — the browser publisher: camera + microphone, preview, WHIP to /whip/<stream>.
 //
 // Query parameters: token (Bearer for WHIP), autostart=1 (publish as soon as media is ready),
-// simulcast=1 (send h/m/l encodings).
+// simulcast=0 (send one encoding instead of l/m/h).
 // For tests: window.castPublisher = {pc, state, stream, session, error, start(), stop()}.
 
 import { pageTarget, whipPublish, WishError } from "./wish.js";
@@ -172,6 +172,6 @@ window.addEventListener("pagehide", () => teardown());
 
 els.name.textContent = streamName;
 document.title = `Publish ${streamName} · webrtc-cast`;
-els.simulcast.checked = params.get("simulcast") === "1";
+els.simulcast.checked = params.get("simulcast") !== "0"; // three layers unless ?simulcast=0
 setState("idle", "Starting…");
 if ((await acquireMedia()) && params.get("autostart") === "1") await start();

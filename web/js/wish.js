@@ -129,9 +129,9 @@ async function exchange(kind, url, pc, token) {
 }
 
 const SIMULCAST_ENCODINGS = [
-  { rid: "l", scaleResolutionDownBy: 4 },
-  { rid: "m", scaleResolutionDownBy: 2 },
-  { rid: "h" },
+  { rid: "l", scaleResolutionDownBy: 4, maxBitrate: 200_000 },
+  { rid: "m", scaleResolutionDownBy: 2, maxBitrate: 700_000 },
+  { rid: "h", maxBitrate: 2_000_000 },
 ];
 
 /**

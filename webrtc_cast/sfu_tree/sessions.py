@@ -76,6 +76,7 @@ class Session:
 @dataclass(eq=False)
 class PublisherSession(Session):
     plans: list[MediaPlan] = field(default_factory=list)
+    remb_bitrate: int = 0
     _last_rr: float = 0.0
 
     def on_rtp(self, data: bytes, arrival: float) -> None:
@@ -122,6 +123,12 @@ class PublisherSession(Session):
         if now - self._last_rr >= 1.0:
             self._last_rr = now
             self.transport.send_rtcp(rtcp.build_rr(self.rtcp_ssrc))
+            if self.remb_bitrate and any("goog-remb" in p.feedback for p in self.plans):
+                # REMB: "we take this much" — a browser's estimate ramps toward it and it encodes every layer
+                ssrcs = [t.buffer.ssrc for t in self.broadcast.tracks.values()
+                         if t.kind == "video" and t.buffer.ssrc is not None]
+                if ssrcs:
+                    self.transport.send_rtcp(rtcp.build_remb(self.rtcp_ssrc, self.remb_bitrate, ssrcs))
 
     def on_closed(self) -> None:
         if self.connected_at is not None:
