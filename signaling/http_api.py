@@ -15,10 +15,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from signaling import sdp
+from signaling import sdp, whep_extensions
 from signaling.auth import AuthError, check_bearer
 from signaling.chat.http import register_chat_routes
 from signaling.rate_limit import RateLimiter
+from webrtc_cast.hls_fallback.http import register_hls_routes
 from webrtc_cast.node import STREAM_NAME, Node, NodeFull
 from webrtc_cast.sfu_tree.sessions import Session
 
@@ -135,16 +136,17 @@ def make_endpoint_handlers(role: str):  # noqa: ANN201
         except OSError as exc:
             logger.error("cannot create %s session: %s", role, exc)
             return _error(503, "no ICE address available", node, **{"Retry-After": "5"})
-        return web.Response(
+        location = _session_url(request, role, stream, session)
+        response = web.Response(
             status=201,
             text=answer,
             content_type=SDP_TYPE,
-            headers={
-                "Location": _session_url(request, role, stream, session),
-                "ETag": session.etag,
-                "Accept-Patch": TRICKLE_TYPE,
-            },
+            headers={"Location": location, "ETag": session.etag, "Accept-Patch": TRICKLE_TYPE},
         )
+        if role == "whep":
+            for link in whep_extensions.link_headers(location):  # E11, E18
+                response.headers.add("Link", link)
+        return response
 
     async def options(request: web.Request) -> web.Response:
         # W32/W33/E05: a CORS preflight succeeds without credentials.
@@ -170,7 +172,9 @@ def _other(role: str) -> str:
     return "whep" if role == "whip" else "whip"
 
 
-def make_session_handlers(role: str):  # noqa: ANN201
+def make_session_handlers(role: str, handlers: dict | None = None):  # noqa: ANN201
+    handlers = {} if handlers is None else handlers
+
     def lookup(request: web.Request) -> tuple[Node, Session]:
         node = request.app[NODE_KEY]
         stream = _stream(request)
@@ -230,6 +234,24 @@ def make_session_handlers(role: str):  # noqa: ANN201
             },
         )
 
+    async def layer(request: web.Request) -> web.Response:
+        node, session = lookup(request)
+        return await whep_extensions.select_layer(request, node, session)  # type: ignore[arg-type]
+
+    async def sse_create(request: web.Request) -> web.Response:
+        _, session = lookup(request)
+        url = f"/{role}/{session.stream}/{session.id}"
+        return await whep_extensions.create_event_stream(request, session, url)  # type: ignore[arg-type]
+
+    async def sse_get(request: web.Request) -> web.StreamResponse:
+        _, session = lookup(request)
+        return await whep_extensions.serve_event_stream(request, session)  # type: ignore[arg-type]
+
+    async def sse_delete(request: web.Request) -> web.Response:
+        _, session = lookup(request)
+        return whep_extensions.delete_event_stream(request, session)  # type: ignore[arg-type]
+
+    handlers.update(layer=layer, sse_create=sse_create, sse_get=sse_get, sse_delete=sse_delete)
     return delete, patch, get, options
 
 
@@ -301,7 +323,14 @@ def create_app(node: Node) -> web.Application:
         app.router.add_route("POST", f"/{role}/{{stream}}", post)
         app.router.add_route("OPTIONS", f"/{role}/{{stream}}", options)
         app.router.add_route("GET", f"/{role}/{{stream}}", get)
-        delete, patch, sget, soptions = make_session_handlers(role)
+        extra: dict = {}
+        delete, patch, sget, soptions = make_session_handlers(role, extra)
+        if role == "whep":
+            base = f"/{role}/{{stream}}/{{session}}"
+            app.router.add_route("POST", base + "/layer", extra["layer"])
+            app.router.add_route("POST", base + "/sse", extra["sse_create"])
+            app.router.add_route("GET", base + "/sse/{sse}", extra["sse_get"])
+            app.router.add_route("DELETE", base + "/sse/{sse}", extra["sse_delete"])
         app.router.add_route("DELETE", f"/{role}/{{stream}}/{{session}}", delete)
         app.router.add_route("PATCH", f"/{role}/{{stream}}/{{session}}", patch)
         app.router.add_route("GET", f"/{role}/{{stream}}/{{session}}", sget)
@@ -312,6 +341,7 @@ def create_app(node: Node) -> web.Application:
     app.router.add_get("/publish/{stream}", _page("publish.html", web_root))
     app.router.add_get("/watch/{stream}", _page("watch.html", web_root))
     register_chat_routes(app, node)
+    register_hls_routes(app, node)  # LL-HLS origin: /hls/..., /static/vendor/hls.min.js (before /static)
     if web_root.is_dir():
         app.router.add_static("/static", web_root, follow_symlinks=False)
 

@@ -20,7 +20,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -484,8 +484,13 @@ async def watch(
     token: str | None = None,
     ice_hosts: Sequence[str] | None = DEFAULT_ICE_HOSTS,
     stop: asyncio.Event | None = None,
+    layer: str | None = None,
+    on_session: Callable[[str], None] | None = None,
 ) -> WatchReport:
     """Watch a WHEP stream for ``duration`` seconds (counted from the POST) and return a :class:`WatchReport`.
+
+    ``layer``: a simulcast rid to pin through the WHEP layer extension (``POST {session}/layer``).
+    ``on_session``: called with the absolute session URL once the server answered.
 
     Raises :class:`SignalingError` on a non-201 answer and :class:`PeerConnectionError` if ICE/DTLS fails.
     """
@@ -514,6 +519,14 @@ async def watch(
             )
             report.video_codec = _first_codec(answer, "video")
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            if report.location and on_session is not None:
+                on_session(report.location)
+            if layer is not None and report.location:
+                async with session.post(
+                    report.location + "/layer", json={"rid": layer}, headers=_headers(token)
+                ) as r:
+                    if r.status != 200:
+                        raise SignalingError(report.location + "/layer", r.status, await r.text())
             await _wait_connected(pc, min(CONNECT_TIMEOUT_S, max(duration, 1.0)))
             await _sleep_until(deadline, stop)
         finally:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Callable
 
 from signaling import negotiation, sdp
 from webrtc_cast.metrics import NodeMetrics
@@ -44,6 +45,9 @@ class Node:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tick_task: asyncio.Task[None] | None = None
         self._last_bitrate_sample = time.monotonic()
+        # listeners (the LL-HLS packagers): a Broadcast was created / removed from this node
+        self.on_broadcast_created: list[Callable[[Broadcast], None]] = []
+        self.on_broadcast_removed: list[Callable[[Broadcast], None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -66,7 +70,11 @@ class Node:
                 name, s.nack_buffer_packets, s.keyframe_cache_packets, s.keyframe_request_interval,
                 s.keyframe_cache_max_age,
             )
+            b.on_layers_change = lambda: self._broadcast_event(b, "layers")
+            b.on_live_change = lambda live: self._broadcast_event(b, "live")
             self.broadcasts[name] = b
+            for listener in self.on_broadcast_created:
+                listener(b)
         return b
 
     @property
@@ -112,6 +120,9 @@ class Node:
             session = PublisherSession(**common, plans=plans, remb_bitrate=self.settings.ingest_max_bitrate)
         else:
             viewer = ViewerSession(**common, sender_report_interval=self.settings.sender_report_interval)
+            for index, section in enumerate(offer.media):
+                if section.kind == "video" and negotiation.in_use(offer, section):
+                    viewer.video_mline, viewer.video_mid = index, section.mid
             for answer_section, plan in planned:
                 if plan is None:
                     continue
@@ -175,6 +186,8 @@ class Node:
             logger.exception("session %s failed to start", session.id[:8])
             await self.close_session(session)
             return
+        if session.role == "whep":
+            self._broadcast_event(session.broadcast, "viewers")
         await transport.failed.wait()
         if not session.closed:
             logger.info("%s session %s transport ended", session.role, session.id[:8])
@@ -190,14 +203,27 @@ class Node:
         except Exception:
             logger.exception("session %s cleanup failed", session.id[:8])
         self._retire(session)
+        if session.role == "whep":
+            self._broadcast_event(session.broadcast, "viewers")
         await session.transport.close()
         b = self.broadcasts.get(session.stream)
         if b is not None and b.idle:
             self.broadcasts.pop(session.stream, None)
+            for listener in self.on_broadcast_removed:
+                listener(b)
             for kind, track in b.tracks.items():
                 t = self._retired_ingest.setdefault((session.stream, kind), [0, 0])
                 t[0] += track.buffer.packets
                 t[1] += track.buffer.octets
+
+    def _broadcast_event(self, broadcast: Broadcast, what: str) -> None:
+        """Layers, liveness or audience changed: automatic selection may move viewers; SSE streams hear it."""
+        from signaling import whep_extensions  # the signaling layer renders the events
+
+        if what == "layers":
+            broadcast.reselect_all(time.monotonic())
+        viewers = [s for s in self.sessions.values() if s.role == "whep" and s.broadcast is broadcast]
+        whep_extensions.notify(broadcast, viewers, what)  # type: ignore[arg-type]
 
     # -- counters read at scrape time ----------------------------------------------------------------------
     def forwarding_totals(self) -> dict[str, tuple[int, int]]:

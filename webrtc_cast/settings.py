@@ -33,6 +33,12 @@ class Settings:
     http_burst: int = 40  # requests a client address may make at once before the rate applies
     tls_cert: str | None = None  # PEM certificate: serve HTTPS (RFC 9725 §5 wants TLS in production)
     tls_key: str | None = None
+    hls_part_target: float = 0.25  # LL-HLS PART-TARGET, seconds (0.2-0.333 suits 30 fps; PART-HOLD-BACK is 3x)
+    hls_segment_min: float = 1.0  # seconds: a segment is cut at the first keyframe after this much media
+    hls_target_duration: int = 2  # EXT-X-TARGETDURATION, seconds; a longer GOP is cut without a keyframe
+    hls_window: float = 30.0  # seconds of segments listed per media playlist (>= 3 x hls_target_duration)
+    hls_linger: float = 60.0  # seconds an ended broadcast's playlists (with EXT-X-ENDLIST) stay served
+    hls_audio_bitrate: int = 128_000  # AAC-LC bits per second (Opus is transcoded once per broadcast)
     web_root: str | None = None  # folder of the browser pages; None: the packaged web/ folder
     redis_url: str | None = None  # --redis: chat rooms span nodes via Redis pub/sub, history kept there; None: memory
     # Chat (GET /chat/{stream}, docs/chat.md).

@@ -8,7 +8,8 @@ Checks that do not apply, and why:
 - W29: trickle is supported, so the "neither" case does not arise.
 - W35/W36/E06: no STUN/TURN servers are configured, so no ice-server Link headers are sent (asserted absent).
 - W38: redirects belong to the relay tree (issue 4); nothing redirects today.
-- W40/E07: no protocol extensions are advertised yet, so the 201 carries no extension Link (asserted).
+- W40: WHIP advertises no extension. E07: WHEP advertises the layer and server-sent-events extensions
+  (test_whep_layer_and_sse_extensions.py).
 - W41: TLS is terminated by the operator's reverse proxy or `serve --tls-cert/--tls-key` (test_w41_tls).
 """
 
@@ -291,7 +292,13 @@ async def test_w32_w33_w34_w36_e05_cors_preflight(http, role):
                              headers={**SDP, "Authorization": "Bearer secret", "Origin": "http://example.test"}) as r:
             exposed = r.headers["Access-Control-Expose-Headers"]
             assert all(h in exposed for h in ("Location", "ETag", "Link"))  # W34
-            assert "Link" not in r.headers  # W35/W40/E06/E07: nothing advertised
+            links = r.headers.getall("Link", [])
+            assert not any("ice-server" in link for link in links)  # W35/E06: no STUN/TURN configured
+            if role == "whip":
+                assert links == []  # W40: no WHIP extension
+            else:  # E07/E11/E18: the two WHEP extensions, under the urn:ietf:params:whep:ext prefix
+                rels = sorted(re.search(r'rel="([^"]+)"', link).group(1) for link in links)
+                assert rels == ["urn:ietf:params:whep:ext:core:layer", "urn:ietf:params:whep:ext:core:server-sent-events"]
 
 
 # --- 1.5 auth, load ------------------------------------------------------------------------------------

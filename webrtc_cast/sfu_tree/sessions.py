@@ -144,6 +144,9 @@ class ViewerSession(Session):
     cname: str = field(default_factory=lambda: secrets.token_hex(8))
     posted_at: float = field(default_factory=time.monotonic)
     sender_report_interval: float = 1.0
+    video_mline: int | None = None  # index of the video m-section in the offer (WHEP layer events)
+    video_mid: str | None = None
+    event_streams: dict = field(default_factory=dict)  # WHEP SSE streams by id
     burst_packets: int = 16
     burst_interval: float = 0.002
     _last_sr: float = 0.0
@@ -256,6 +259,9 @@ class ViewerSession(Session):
         )
 
     def on_closed(self) -> None:
+        for stream in self.event_streams.values():
+            stream.close()  # E15: event streams die with the session
+        self.event_streams.clear()
         for fwd in self.forwarders.values():
             self.broadcast.remove_forwarder(fwd)
         if self.connected_at is not None:
