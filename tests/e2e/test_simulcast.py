@@ -37,7 +37,8 @@ async def wait_layers(node, stream: str, timeout: float = 20.0):
             if len(layers) == 3 and all(t.width and t.buffer.packets > 50 for t in layers):
                 return layers
         await asyncio.sleep(0.2)
-    raise AssertionError(f"three layers did not arrive: {node.broadcasts.get(stream) and node.broadcasts[stream].tracks}")
+    b = node.broadcasts.get(stream)
+    raise AssertionError(f"three layers did not arrive: {b.tracks if b else None}")
 
 
 async def test_chromium_simulcast_layers_reach_pinned_and_auto_viewers():

@@ -298,7 +298,8 @@ async def test_w32_w33_w34_w36_e05_cors_preflight(http, role):
                 assert links == []  # W40: no WHIP extension
             else:  # E07/E11/E18: the two WHEP extensions, under the urn:ietf:params:whep:ext prefix
                 rels = sorted(re.search(r'rel="([^"]+)"', link).group(1) for link in links)
-                assert rels == ["urn:ietf:params:whep:ext:core:layer", "urn:ietf:params:whep:ext:core:server-sent-events"]
+                prefix = "urn:ietf:params:whep:ext:core:"
+                assert rels == [prefix + "layer", prefix + "server-sent-events"]
 
 
 # --- 1.5 auth, load ------------------------------------------------------------------------------------
