@@ -287,7 +287,7 @@ class Broadcast:
         if fwd.max_bitrate is not None:
             fitting = [t for t in allowed if t.bitrate <= fwd.max_bitrate]
             allowed = fitting or allowed[:1]
-        return allowed[-1]
+        return allowed[max(0, len(allowed) - 1 - fwd.layer_cap)]
 
     def _resubscribe(self, fwd: Forwarder, now: float, publisher_restart: bool = False) -> None:
         """Point the forwarder at the layer it should take (a switch completes at that layer's keyframe)."""

@@ -45,6 +45,7 @@ class Forwarder:
         "pinned_rid",
         "max_height",
         "max_bitrate",
+        "layer_cap",
         "on_switch",
     )
 
@@ -85,6 +86,7 @@ class Forwarder:
         self.pinned_rid: str | None = None  # the viewer's manual choice; None = automatic
         self.max_height: int | None = None  # automatic selection never goes above this
         self.max_bitrate: float | None = None  # ... nor above the viewer's estimated bandwidth
+        self.layer_cap = 0  # ... and stays this many layers below the top (LayerSelector, from loss reports)
         self.on_switch = None  # Callable[[Forwarder, old layer, new layer], None], set by the Broadcast
 
     def set_source_codec(self, codec_key: str) -> bool:

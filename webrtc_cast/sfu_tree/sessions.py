@@ -17,6 +17,7 @@ from webrtc_cast.rtp import rtcp
 from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport, RtpSink
 from webrtc_cast.sfu_tree.broadcast import Broadcast, PublishedTrack, SourceTrack
 from webrtc_cast.sfu_tree.forwarder import Forwarder
+from webrtc_cast.sfu_tree.layer_selector import LayerSelector
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ class ViewerSession(Session):
     video_mline: int | None = None  # index of the video m-section in the offer (WHEP layer events)
     video_mid: str | None = None
     event_streams: dict = field(default_factory=dict)  # WHEP SSE streams by id
+    selector: LayerSelector = field(default_factory=LayerSelector)
+    loss: float = 0.0  # the viewer's latest reported video loss fraction
     burst_packets: int = 16
     burst_interval: float = 0.002
     _last_sr: float = 0.0
@@ -160,12 +163,26 @@ class ViewerSession(Session):
         for pkt in self._parse_rtcp(data):
             if isinstance(pkt, rtcp.Nack):
                 self._repair(pkt)
+            elif isinstance(pkt, rtcp.ReceiverReport | rtcp.SenderReport):
+                self._on_reports(pkt.reports, now)
             elif isinstance(pkt, rtcp.Pli | rtcp.Fir):
                 self.metrics.keyframe_requests.inc()
                 video = self.forwarders.get("video")
                 track = self.broadcast.track_of(video) if video is not None else None
                 if track is not None:
                     self.broadcast.request_keyframe_on(track, now)
+
+    def _on_reports(self, reports: tuple[rtcp.ReportBlock, ...], now: float) -> None:
+        video = self.forwarders.get("video")
+        if video is None:
+            return
+        for block in reports:
+            if block.ssrc == video.ssrc:
+                self.loss = block.fraction_lost / 256
+                layers = len(self.broadcast.video_layers())
+                if self.selector.on_loss(self.loss, now, layers):
+                    video.layer_cap = self.selector.cap
+                    self.broadcast.reselect(video, now)
 
     def _repair(self, nack: rtcp.Nack) -> None:
         fwd = next((f for f in self.forwarders.values() if f.ssrc == nack.media_ssrc), None)
