@@ -20,7 +20,7 @@ from signaling.auth import AuthError, check_bearer
 from signaling.chat.http import register_chat_routes
 from signaling.rate_limit import RateLimiter
 from webrtc_cast.hls_fallback.http import register_hls_routes
-from webrtc_cast.node import STREAM_NAME, Node, NodeFull
+from webrtc_cast.node import STREAM_NAME, Node, NodeFull, NotLive
 from webrtc_cast.sfu_tree.sessions import Session
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def _stream(request: web.Request) -> str:
 
 
 def _tokens(node: Node, role: str) -> list[str]:
-    return node.settings.publish_tokens if role == "whip" else node.settings.view_tokens
+    return node.settings.publish_tokens if role == "whip" else node.settings.view_tokens  # relays: view tokens
 
 
 def _auth_http(exc: AuthError) -> web.HTTPException:
@@ -126,6 +126,8 @@ def make_endpoint_handlers(role: str):  # noqa: ANN201
             return _error(422, str(exc), node)
         except sdp.SdpError as exc:
             return _error(400, f"malformed SDP offer: {exc}", node)
+        except NotLive:
+            return _error(409, "the stream is not live here", node, **{"Retry-After": "1"})
         except NodeFull:
             body = json.dumps({"error": "full", "fallback": "hls"})
             node.metrics.http_errors.labels("503").inc()
@@ -318,7 +320,7 @@ def create_app(node: Node) -> web.Application:
     app[NODE_KEY] = node
     app[LIMITER_KEY] = RateLimiter(node.settings.http_requests_per_second, node.settings.http_burst)
     web_root = Path(node.settings.web_root or os.environ.get("WEBRTC_CAST_WEB_ROOT", DEFAULT_WEB_ROOT))
-    for role in ("whip", "whep"):
+    for role in ("whip", "whep", "relay"):
         post, options, get = make_endpoint_handlers(role)
         app.router.add_route("POST", f"/{role}/{{stream}}", post)
         app.router.add_route("OPTIONS", f"/{role}/{{stream}}", options)

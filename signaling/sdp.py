@@ -226,6 +226,7 @@ class SendStream:
     ssrc: int
     cname: str
     rtx_ssrc: int | None = None
+    layer_ssrcs: list[int] = field(default_factory=list)  # relay links: one SSRC per simulcast layer, low to high
 
 
 @dataclass(slots=True)
@@ -292,7 +293,9 @@ def write_answer(session_id: int, transport: TransportParams, sections: list[Ans
             lines.append(f"a=msid:{snd.stream_id} {snd.track_id}")
             if snd.rtx_ssrc is not None:
                 lines.append(f"a=ssrc-group:FID {snd.ssrc} {snd.rtx_ssrc}")
-            for ssrc in (snd.ssrc, snd.rtx_ssrc):
+            if snd.layer_ssrcs:
+                lines.append("a=ssrc-group:SIM " + " ".join(str(x) for x in snd.layer_ssrcs))
+            for ssrc in (snd.ssrc, snd.rtx_ssrc, *[x for x in snd.layer_ssrcs if x != snd.ssrc]):
                 if ssrc is not None:
                     lines.append(f"a=ssrc:{ssrc} cname:{snd.cname}")
                     lines.append(f"a=ssrc:{ssrc} msid:{snd.stream_id} {snd.track_id}")

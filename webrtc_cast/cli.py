@@ -116,6 +116,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    settings.parent_url = args.parent
+    settings.parent_token = args.parent_token
+    asyncio.run(_run_server(settings))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
     token = settings.publish_tokens[0] if settings.publish_tokens else None
@@ -156,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_serve_options(serve)
     serve.set_defaults(func=cmd_serve)
+    relay = sub.add_parser(
+        "relay",
+        help="run a relay node that takes its streams from a parent node",
+        description="Run a node whose broadcasts come from PARENT: when a viewer asks for a stream, the relay "
+        "subscribes once to PARENT (POST {parent}/relay/{stream}, every simulcast layer over one link) and serves "
+        "its own viewers and child relays. A lost link re-attaches by itself.",
+    )
+    relay.add_argument("--parent", required=True, metavar="URL", help="base URL of the parent node")
+    relay.add_argument("--parent-token", metavar="TOKEN", help="Bearer token for the parent (one of its view tokens)")
+    _add_serve_options(relay)
+    relay.set_defaults(func=cmd_relay)
     demo = sub.add_parser(
         "demo",
         help="serve plus a synthetic publisher, in one command",

@@ -33,6 +33,10 @@ class NodeFull(Exception):
     """The node carries its configured maximum of viewers."""
 
 
+class NotLive(Exception):
+    """A relay link asked for a stream that is not live here."""
+
+
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -45,16 +49,23 @@ class Node:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tick_task: asyncio.Task[None] | None = None
         self._last_bitrate_sample = time.monotonic()
+        self.relay_links = None  # set by webrtc_cast.sfu_tree.relay.RelayLinks when this node has a parent
         # listeners (the LL-HLS packagers): a Broadcast was created / removed from this node
         self.on_broadcast_created: list[Callable[[Broadcast], None]] = []
         self.on_broadcast_removed: list[Callable[[Broadcast], None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.settings.parent_url and self.relay_links is None:
+            from webrtc_cast.sfu_tree.relay import RelayLinks
+
+            RelayLinks(self, self.settings.parent_url, self.settings.parent_token, self.settings.relay_linger)
         if self._tick_task is None:
             self._tick_task = asyncio.create_task(self._tick_loop())
 
     async def stop(self) -> None:
+        if self.relay_links is not None:
+            await self.relay_links.close()
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -79,17 +90,25 @@ class Node:
 
     @property
     def viewer_sessions(self) -> int:
-        return sum(1 for s in self.sessions.values() if s.role == "whep")
+        return sum(1 for s in self.sessions.values() if s.role in ("whep", "relay"))
 
     # -- sessions -----------------------------------------------------------------------------------------
     async def create_session(self, role: str, stream: str, offer_text: str, token: str | None) -> tuple[Session, str]:
-        """Negotiate a WHIP (role 'whip') or WHEP ('whep') session. Raises sdp.SdpError / SdpUnsupported."""
+        """Negotiate a WHIP ('whip'), WHEP ('whep') or relay-link ('relay') session.
+
+        Raises sdp.SdpError / SdpUnsupported, NodeFull, NotLive (relay links need a live stream).
+        A relay link is a viewer session that receives every simulcast layer, one SSRC per layer.
+        """
         offer = sdp.parse(offer_text)
         negotiation.validate_offer(offer)
         setup, dtls_role = negotiation.dtls_setup(offer)
         if role == "whep" and self.viewer_sessions >= self.settings.max_viewers:
             raise NodeFull()
+        if role == "relay" and not (stream in self.broadcasts and self.broadcasts[stream].live):
+            raise NotLive()
         broadcast = self.broadcast(stream)
+        if role == "whep" and self.relay_links is not None:
+            self.relay_links.want(stream)
         if role == "whip":
             planned = negotiation.plan_publisher(offer, self.settings.preferred_video_codecs)
         else:
@@ -126,6 +145,10 @@ class Node:
             for answer_section, plan in planned:
                 if plan is None:
                     continue
+                layers = broadcast.video_layers() if plan.kind == "video" and role == "relay" else []
+                if len(layers) > 1:
+                    self._relay_layers(viewer, answer_section, plan, layers, stream)
+                    continue
                 fwd = Forwarder(
                     plan.kind,
                     plan.codec.clock_rate,
@@ -150,6 +173,24 @@ class Node:
         transport.start(remote_ufrag, remote_pwd, fingerprints, dtls_role, candidates)
         self._spawn(self._await_connected(session))
         return session, answer
+
+    def adopt_session(self, session: Session) -> None:
+        """Run a session negotiated elsewhere (a relay link to the parent) like one made by a POST here."""
+        self.sessions[session.id] = session
+        self._spawn(self._await_connected(session))
+
+    def _relay_layers(self, viewer: ViewerSession, section, plan, layers, stream: str) -> None:  # noqa: ANN001
+        """A relay link's video: one pinned forwarder and SSRC per layer, announced as a SIM group + rid names."""
+        ssrcs = []
+        for layer in layers:
+            fwd = Forwarder("video", plan.codec.clock_rate, random_ssrc(), plan.payload_types)
+            fwd.pinned_rid = layer.rid
+            viewer.forwarders[layer.key] = fwd
+            ssrcs.append(fwd.ssrc)
+        section.send = sdp.SendStream(
+            stream_id=stream, track_id=f"{stream}-video", ssrc=ssrcs[0], cname=viewer.cname, layer_ssrcs=ssrcs
+        )
+        section.extra.append("x-cast-layers:" + ",".join(t.rid or "" for t in layers))
 
     def _spawn(self, coro) -> None:  # noqa: ANN001
         task = asyncio.create_task(coro)

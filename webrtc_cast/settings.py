@@ -39,6 +39,9 @@ class Settings:
     hls_window: float = 30.0  # seconds of segments listed per media playlist (>= 3 x hls_target_duration)
     hls_linger: float = 60.0  # seconds an ended broadcast's playlists (with EXT-X-ENDLIST) stay served
     hls_audio_bitrate: int = 128_000  # AAC-LC bits per second (Opus is transcoded once per broadcast)
+    parent_url: str | None = None  # relay mode: the node to take streams from (POST {parent}/relay/{stream})
+    parent_token: str | None = None  # Bearer token for the parent (one of its view tokens)
+    relay_linger: float = 10.0  # seconds a relay keeps a link to its parent after its last viewer left
     web_root: str | None = None  # folder of the browser pages; None: the packaged web/ folder
     redis_url: str | None = None  # --redis: chat rooms span nodes via Redis pub/sub, history kept there; None: memory
     # Chat (GET /chat/{stream}, docs/chat.md).

@@ -167,10 +167,12 @@ class ViewerSession(Session):
                 self._on_reports(pkt.reports, now)
             elif isinstance(pkt, rtcp.Pli | rtcp.Fir):
                 self.metrics.keyframe_requests.inc()
-                video = self.forwarders.get("video")
-                track = self.broadcast.track_of(video) if video is not None else None
-                if track is not None:
-                    self.broadcast.request_keyframe_on(track, now)
+                targets = [pkt.media_ssrc] if isinstance(pkt, rtcp.Pli) else [ssrc for ssrc, _ in pkt.entries]
+                for fwd in self.forwarders.values():
+                    if fwd.kind == "video" and fwd.ssrc in targets:
+                        track = self.broadcast.track_of(fwd)
+                        if track is not None:
+                            self.broadcast.request_keyframe_on(track, now)
 
     def _on_reports(self, reports: tuple[rtcp.ReportBlock, ...], now: float) -> None:
         video = self.forwarders.get("video")
