@@ -234,7 +234,7 @@ class Room:
         """
         try:
             return self._apply(event)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None, []
 
     def _apply(self, event: dict) -> tuple[bytes | None, list[str]]:
@@ -242,10 +242,11 @@ class Room:
         if kind == "msg":
             if event["id"] <= self.last_id:
                 return None, []  # already applied (replayed while a snapshot loaded)
+            frame = p.encode(message_frame(event))  # raises on a malformed event before any state changes
             self.last_id = event["id"]
             self.history.append(event)
             self._history_frame = None
-            return p.encode(message_frame(event)), []
+            return frame, []
         if kind == "rx":
             for emoji, n in event["counts"].items():
                 if emoji in p.REACTION_SET and isinstance(n, int) and n > 0:
@@ -264,7 +265,7 @@ class Room:
         if kind == "ban":
             self.banned.add(event["uid"])
             if event.get("quiet"):  # the address of a banned connection, added by the node that held it
-                return None, []
+                return None, [event["uid"]]
             return p.encode({"type": "moderation", "action": "ban", "uid": event["uid"], "by": by}), [event["uid"]]
         if kind == "unban":
             self.banned.discard(event["uid"])
