@@ -112,7 +112,7 @@ def _rtx_for(section: MediaSection, pt: int) -> Codec | None:
 def plan_publisher(offer: SessionDescription, preferred_video: tuple[str, ...] = ("H264", "VP8")) -> list[
     tuple[AnswerSection, MediaPlan | None]
 ]:
-    """Answer sections for a WHIP offer: recvonly, one codec per section, no RTX."""
+    """Answer sections for a WHIP offer: recvonly, one codec per section (plus its RTX when offered)."""
     out: list[tuple[AnswerSection, MediaPlan | None]] = []
     for section in offer.media:
         if section.kind not in ("audio", "video") or not in_use(offer, section):
@@ -156,8 +156,15 @@ def plan_publisher(offer: SessionDescription, preferred_video: tuple[str, ...] =
             simulcast=sim,
             abs_send_time_id=abs_id if abs_id in extmaps else None,
         )
+        answer_codecs = [chosen]
+        rtx = _rtx_for(section, chosen.payload_type) if section.kind == "video" else None
+        if rtx is not None:
+            # Accepting RTX moves a browser's bandwidth-probe padding onto the RTX stream, which is not forwarded;
+            # without it the padding rides the media SSRC and would reach viewers.
+            answer_codecs.append(copy.deepcopy(rtx))
+            plan.rtx_payload_types[chosen.payload_type] = rtx.payload_type
         answer = AnswerSection(
-            section, accepted=True, direction="recvonly", codecs=[chosen], extmaps=extmaps,
+            section, accepted=True, direction="recvonly", codecs=answer_codecs, extmaps=extmaps,
             extra=sim.answer_lines() if sim else [],
         )
         out.append((answer, plan))

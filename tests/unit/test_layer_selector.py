@@ -6,11 +6,12 @@ from hypothesis import strategies as st
 from webrtc_cast.sfu_tree.layer_selector import LayerSelector
 
 
-def test_loss_moves_down_one_layer_per_report_and_stops_at_the_lowest():
-    sel = LayerSelector()
+def test_loss_moves_down_one_layer_per_settle_period_and_stops_at_the_lowest():
+    sel = LayerSelector(settle=2.0)
     assert sel.on_loss(0.2, 0.0, 3) and sel.cap == 1
-    assert sel.on_loss(0.2, 1.0, 3) and sel.cap == 2
-    assert not sel.on_loss(0.2, 2.0, 3) and sel.cap == 2
+    assert not sel.on_loss(0.2, 1.0, 3) and sel.cap == 1  # this report still describes the old layer
+    assert sel.on_loss(0.2, 2.5, 3) and sel.cap == 2
+    assert not sel.on_loss(0.2, 5.0, 3) and sel.cap == 2
 
 
 def test_climbs_back_only_after_the_hold_of_clean_reports():

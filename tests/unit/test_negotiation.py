@@ -137,8 +137,9 @@ def test_publisher_chrome_prefers_constrained_baseline_h264_packetization_mode_1
     assert plan.codec.payload_type == 106
     assert h264_profile(plan.codec) == "42e01f"
     assert plan.payload_types == {"H264": 106}
-    assert plan.rtx_payload_types == {}
-    assert [c.payload_type for c in video_answer.codecs] == [106]  # one codec, no RTX toward the publisher
+    # one codec plus its RTX: the browser's probe padding then rides the RTX stream, which is not forwarded
+    assert plan.rtx_payload_types == {106: 107}
+    assert [c.payload_type for c in video_answer.codecs] == [106, 107]
     # goog-remb is kept: the server sends REMB so the publisher ramps up; transport-cc is filtered out
     assert plan.feedback == {"nack", "nack pli", "ccm fir", "goog-remb"}
     assert plan.ssrcs == [2882400001, 2882400002]

@@ -67,10 +67,8 @@ def parse_directives(
         if part is not None:
             limit = advance_part_limit(part_target)
             have = last_part if last_part is not None else -1
-            if msn <= last_msn:
-                ahead = part - have if msn == last_msn else 0
-            else:  # a later segment: at least one part per segment in between (the real count is unknown)
-                ahead = part + 1 + (msn - last_msn - 1)
+            # a later segment: at least one part per segment in between (the real count is not known yet)
+            ahead = part + (msn - last_msn) if msn > last_msn else part - have if msn == last_msn else 0
             if ahead > limit:
                 raise BadDirective(f"_HLS_part={part} is more than {limit} parts ahead")  # H27
     return Directives(msn, part, skip)

@@ -26,7 +26,7 @@ class Cut(Enum):
 
 
 class Segmenter:
-    def __init__(self, part_target: float, segment_min: float, target_duration: int) -> None:
+    def __init__(self, part_target: float, segment_min: float, target_duration: int, aligned: bool = False) -> None:
         if not 0 < part_target <= segment_min <= target_duration:
             raise ValueError("need 0 < part_target <= segment_min <= target_duration")
         self.part_target = part_target
@@ -37,7 +37,7 @@ class Segmenter:
         self._last: float | None = None
         self._interval = 0.0
         self._boundaries: deque[float] = deque()  # aligned mode: segment starts announced by the leader
-        self.aligned = False
+        self.aligned = aligned  # a follower: cuts segments only where the leader did (or to honour H17)
 
     def align_to(self, boundary: float) -> None:
         """Aligned mode (audio): start a new segment at the first frame at or after ``boundary``."""
@@ -70,8 +70,9 @@ class Segmenter:
                 cut_segment = True
         elif keyframe and seg_len >= self.segment_min - 1e-6:
             cut_segment = True
-        if not cut_segment and round(seg_len + step + 1e-9) > self.target_duration and seg_len > 0:
-            cut_segment = True  # no keyframe in time: keep EXTINF within TARGETDURATION
+        # no keyframe (or leader boundary) in time: keep EXTINF within TARGETDURATION (H17)
+        if not cut_segment and seg_len > 0 and round(seg_len + step + 1e-9) > self.target_duration:
+            cut_segment = True
         if cut_segment:
             self.segment_start = self.part_start = t
             return Cut.SEGMENT

@@ -25,6 +25,8 @@ from webrtc_cast.sfu_tree.layer_buffer import LayerBuffer, Packet
 
 logger = logging.getLogger(__name__)
 
+SWITCH_RETRY = 1.0  # seconds a layer switch waits for the target's keyframe before asking again
+
 
 @dataclass(slots=True)
 class SenderClock:
@@ -302,6 +304,7 @@ class Broadcast:
         if fwd.target_layer != track.key:
             fwd.target_layer = track.key
             if fwd.current_layer != track.key and self.live:
+                fwd.switch_since = now
                 self.request_keyframe_on(track, now)
         # drop subscriptions that are neither current nor target
         for t in self.tracks.values():
@@ -370,6 +373,14 @@ class Broadcast:
         for track in self.tracks.values():
             if self.live and track.keyframes.poll(now) and self.request_upstream_keyframe is not None:
                 self.request_upstream_keyframe(track)
+        # a switch still waiting after SWITCH_RETRY seconds asks again (a lost or unanswered keyframe request)
+        for fwd in self.forwarders.get("video", ()):
+            since = fwd.switch_since
+            if fwd.target_layer != fwd.current_layer and since is not None and now - since >= SWITCH_RETRY:
+                fwd.switch_since = now
+                target = self.tracks.get(fwd.target_layer or "")
+                if target is not None:
+                    self.request_keyframe_on(target, now)
 
     @property
     def idle(self) -> bool:

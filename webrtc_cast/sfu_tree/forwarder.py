@@ -46,6 +46,7 @@ class Forwarder:
         "max_height",
         "max_bitrate",
         "layer_cap",
+        "switch_since",
         "on_switch",
     )
 
@@ -86,6 +87,7 @@ class Forwarder:
         self.pinned_rid: str | None = None  # the viewer's manual choice; None = automatic
         self.max_height: int | None = None  # automatic selection never goes above this
         self.max_bitrate: float | None = None  # ... nor above the viewer's estimated bandwidth
+        self.switch_since: float | None = None  # when the pending switch asked for its keyframe
         self.layer_cap = 0  # ... and stays this many layers below the top (LayerSelector, from loss reports)
         self.on_switch = None  # Callable[[Forwarder, old layer, new layer], None], set by the Broadcast
 
