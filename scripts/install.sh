@@ -9,7 +9,7 @@ want_test=0
 
 if [ "$want_test" = 1 ]; then
   missing=()
-  for pkg in chromium chromium-driver nginx-light redis-server iproute2 nftables \
+  for pkg in chromium chromium-driver nginx-light npm redis-server iproute2 nftables \
       gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
       gstreamer1.0-libav gstreamer1.0-nice python3-gi gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -32,4 +32,14 @@ if [ "$want_test" = 1 ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
 else
   .venv/bin/python -m pip install -q -e .
+fi
+
+# Front-end packages (hls.js for the /watch page's LL-HLS fallback) from npm into ./node_modules (gitignored,
+# served at /static/vendor/hls.min.js). Needed by the pages and the browser tests; never committed.
+if command -v npm >/dev/null 2>&1; then
+  echo "== npm install (hls.js)"
+  if [ -f package-lock.json ]; then npm ci --no-audit --no-fund -q; else npm install --no-audit --no-fund -q; fi
+elif [ "$want_test" = 1 ]; then
+  echo "npm is missing: apt-get install -y npm (the LL-HLS browser tests need hls.js)" >&2
+  exit 1
 fi

@@ -33,7 +33,8 @@ class Settings:
     http_burst: int = 40  # requests a client address may make at once before the rate applies
     tls_cert: str | None = None  # PEM certificate: serve HTTPS (RFC 9725 §5 wants TLS in production)
     tls_key: str | None = None
-    hls_part_target: float = 0.25  # LL-HLS PART-TARGET, seconds (0.2-0.333 suits 30 fps; PART-HOLD-BACK is 3x)
+    hls_part_target: float = 0.25  # LL-HLS PART-TARGET, seconds (0.2-0.333 suits 30 fps)
+    hls_part_hold_back: float = 3.0  # PART-HOLD-BACK in part targets (>= 3, H02): the player's buffer at the edge
     hls_segment_min: float = 1.0  # seconds: a segment is cut at the first keyframe after this much media
     hls_target_duration: int = 2  # EXT-X-TARGETDURATION, seconds; a longer GOP is cut without a keyframe
     hls_window: float = 30.0  # seconds of segments listed per media playlist (>= 3 x hls_target_duration)

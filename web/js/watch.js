@@ -1,9 +1,12 @@
-// watch.js — the WebRTC viewer: WHEP from /whep/<stream>, live stats, reconnect with backoff.
+// watch.js — the WebRTC viewer: WHEP from /whep/<stream>, live stats, reconnect with backoff; LL-HLS fallback.
 //
-// Query parameters: token (Bearer for WHEP).
+// Query parameters: token (Bearer for WHEP); mode=hls forces LL-HLS (hls.js).
+// Falls back to LL-HLS when WebRTC is not playing within FALLBACK_MS, or when the server answers 503 "full" with
+// {"fallback": "hls"}. window.castHls describes the HLS player once it runs (see hls-fallback.js).
 // For tests: window.castViewer = {pc, state, session, reconnects, lastError, stats()} where stats() resolves
 // to the inbound-rtp video stats (a plain object) or null.
 
+import { hlsStats, startHls } from "./hls-fallback.js";
 import { pageTarget, WishError, whepPlay } from "./wish.js";
 
 const STATS_INTERVAL_MS = 1000;
@@ -11,6 +14,7 @@ const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 15000;
 const DISCONNECTED_GRACE_MS = 5000; // "disconnected" often heals by itself; give ICE this long
 const STALL_RECONNECT_MS = 15000; // connected but no new decoded frame for this long: start over
+const FALLBACK_MS = 4000; // WebRTC not playing this long after the first attempt: switch to LL-HLS
 
 const { stream: streamName, token } = pageTarget("watch");
 const whepUrl = `/whep/${encodeURIComponent(streamName)}`;
@@ -31,6 +35,9 @@ let retryTimer = null;
 let graceTimer = null;
 let lastProgress = { frames: -1, at: 0 };
 let lastBytes = null;
+let hlsState = null; // set once the LL-HLS fallback runs; WebRTC is then given up
+let fallbackTimer = null;
+const forceHls = new URLSearchParams(location.search).get("mode") === "hls";
 
 const viewer = {
   get pc() {
@@ -62,7 +69,23 @@ async function inboundVideoStats() {
   return found;
 }
 
+async function switchToHls(reason) {
+  if (hlsState) return;
+  clearTimeout(fallbackTimer);
+  clearTimeout(retryTimer);
+  clearTimeout(graceTimer);
+  closeSession();
+  hlsState = { pending: true };
+  viewer.transport = "hls";
+  setState("connecting", `${reason} Switching to LL-HLS…`);
+  els.video.srcObject = null;
+  hlsState = await startHls(els.video, streamName, {
+    onStatus: (state, message) => setState(state === "unavailable" ? "unavailable" : state, message),
+  });
+}
+
 async function connect() {
+  if (hlsState) return;
   clearTimeout(retryTimer);
   clearTimeout(graceTimer);
   retryTimer = null;
@@ -78,8 +101,9 @@ async function connect() {
   } catch (err) {
     viewer.lastError = err instanceof WishError ? { status: err.status, body: err.body } : { status: 0, body: String(err) };
     let why = err.message;
-    if (err instanceof WishError && err.status === 503 && err.fallback) {
-      why = `Server full (fallback offered: ${err.fallback}, not available on this page yet)`;
+    if (err instanceof WishError && err.status === 503 && err.fallback === "hls") {
+      switchToHls("WebRTC is full on this server.");
+      return;
     }
     scheduleReconnect(why);
   }
@@ -121,6 +145,7 @@ function closeSession() {
 }
 
 function scheduleReconnect(reason) {
+  if (hlsState) return;
   closeSession();
   attempt += 1;
   const base = Math.min(BACKOFF_MIN_MS * 2 ** (attempt - 1), BACKOFF_MAX_MS);
@@ -138,6 +163,10 @@ function fmt(n, digits = 0) {
 }
 
 async function tick() {
+  if (hlsState && hlsState.hls) {
+    renderList(els.stats, hlsStats(hlsState));
+    return;
+  }
   const s = await inboundVideoStats().catch(() => null);
   if (!s) {
     els.stats.replaceChildren();
@@ -194,6 +223,7 @@ els.unmute.addEventListener("click", () => {
   els.video.play().catch(() => {});
 });
 els.reconnect.addEventListener("click", () => {
+  if (hlsState) return;
   attempt = 0;
   viewer.reconnects += 1;
   connect();
@@ -203,4 +233,12 @@ window.addEventListener("pagehide", () => closeSession());
 els.name.textContent = streamName;
 document.title = `Watch ${streamName} · webrtc-cast`;
 setInterval(tick, STATS_INTERVAL_MS);
-connect();
+viewer.transport = "webrtc";
+if (forceHls) {
+  switchToHls("LL-HLS requested (mode=hls).");
+} else {
+  fallbackTimer = setTimeout(() => {
+    if (viewer.state !== "playing") switchToHls(`WebRTC did not connect within ${FALLBACK_MS / 1000} s.`);
+  }, FALLBACK_MS);
+  connect();
+}

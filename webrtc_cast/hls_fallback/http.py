@@ -44,6 +44,7 @@ def config_from(settings) -> HlsConfig:  # noqa: ANN001
         segment_min=settings.hls_segment_min,
         target_duration=settings.hls_target_duration,
         window=settings.hls_window,
+        hold_back_parts=settings.hls_part_hold_back,
         audio_bitrate=settings.hls_audio_bitrate,
     )
 
@@ -108,7 +109,8 @@ class HlsService:
             if event is None:
                 event = self._events[stream] = asyncio.Event()
             try:
-                await asyncio.wait_for(event.wait(), left)
+                async with asyncio.timeout(left):  # no task per waiter (asyncio.wait_for makes one in 3.11)
+                    await event.wait()
             except TimeoutError:
                 return ready()
         return True

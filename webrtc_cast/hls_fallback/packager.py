@@ -44,6 +44,7 @@ class HlsConfig:
     segment_min: float = 1.0
     target_duration: int = 2
     window: float = 30.0
+    hold_back_parts: float = 3.0
     audio_bitrate: int = 128_000
 
 
@@ -272,7 +273,7 @@ class Packager:
 
     def _rendition(self, name: str) -> Rendition:
         c = self.config
-        return Rendition(name, self.epoch, c.target_duration, c.part_target, c.window)
+        return Rendition(name, self.epoch, c.target_duration, c.part_target, c.window, c.hold_back_parts)
 
     def _segmenter(self, aligned: bool = False) -> Segmenter:
         c = self.config

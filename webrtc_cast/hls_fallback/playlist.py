@@ -60,10 +60,11 @@ class MediaView:
     next_part: tuple[int, int] | None  # (msn, index) of the preload hint; None once ended
     reports: list[RenditionReport] = field(default_factory=list)
     ended: bool = False
+    hold_back_parts: float = 3.0  # PART-HOLD-BACK in part targets; H02 wants >= 3
 
     @property
     def part_hold_back(self) -> float:
-        return 3 * self.part_target  # H02: >= 3 x PART-TARGET
+        return max(3.0, self.hold_back_parts) * self.part_target  # H02: >= 3 x PART-TARGET
 
     @property
     def can_skip_until(self) -> float:

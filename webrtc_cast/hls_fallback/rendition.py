@@ -15,6 +15,7 @@ from webrtc_cast.hls_fallback.playlist import MediaView, Part, RenditionReport, 
 class Rendition:
     def __init__(
         self, name: str, epoch: str, target_duration: int, part_target: float, window: float,
+        hold_back_parts: float = 3.0,
     ) -> None:
         if window < 3 * target_duration:
             raise ValueError("the window must hold at least 3 x TARGETDURATION of media (H18)")
@@ -24,6 +25,7 @@ class Rendition:
         self.target_duration = target_duration
         self.part_target = part_target
         self.window = window
+        self.hold_back_parts = hold_back_parts
         self.segments: deque[Segment] = deque()  # retained: listed ones plus a 3 x TD tail of removed ones
         self._disc: deque[int] = deque()  # discontinuity sequence number of each retained segment
         self._bytes: dict[tuple[int, int], bytes] = {}  # (msn, part index) -> part bytes
@@ -204,6 +206,7 @@ class Rendition:
             next_part=None if self.ended else self.next_part(),
             reports=reports or [],
             ended=self.ended,
+            hold_back_parts=self.hold_back_parts,
         )
 
     def report(self) -> RenditionReport:

@@ -1,0 +1,185 @@
+"""The packager on real H.264 (libx264) and Opus RTP, without a network: CMAF boxes, parts, IDRs, timelines.
+
+H-numbers: ../shared/conformance.md §3. Every part and segment is opened with PyAV (an independent demuxer).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import av
+import m3u8
+import pytest
+
+from tests.unit.hls_media import h264_access_units, opus_packets, rtp_feed, track
+from webrtc_cast.hls_fallback.packager import HlsConfig, Packager
+from webrtc_cast.hls_fallback.playlist import render_media
+from webrtc_cast.timecode import read_timestamp
+
+EPOCH_WALL = 1_800_000_000.0
+
+
+@pytest.fixture(scope="module")
+def media():
+    return h264_access_units(150, gop=30), opus_packets(250)
+
+
+def run(feed, packager: Packager, publisher: str = "pub1") -> None:
+    for trk, pkt, now in feed.events:
+        packager.tap(trk, pkt, False, now, publisher)
+
+
+def make_packager(**cfg) -> Packager:
+    # wall = monotonic + offset: monotonic 100.0 is EPOCH_WALL + 1 s
+    return Packager("s", HlsConfig(**cfg), EPOCH_WALL, EPOCH_WALL - 99.0)
+
+
+def boxes(data: bytes, start: int = 0, end: int | None = None):
+    end = len(data) if end is None else end
+    while start < end:
+        size, kind = struct.unpack(">I4s", data[start : start + 8])
+        yield kind.decode(), start, size
+        start += size
+
+
+def child(data: bytes, path: list[str], start: int = 0, end: int | None = None) -> tuple[int, int] | None:
+    for kind, off, size in boxes(data, start, end):
+        if kind == path[0]:
+            return (off, size) if len(path) == 1 else child(data, path[1:], off + 8, off + size)
+    return None
+
+
+def tfdts(data: bytes) -> list[int]:
+    out = []
+    for kind, off, size in boxes(data):
+        if kind == "moof":
+            t = child(data, ["traf", "tfdt"], off + 8, off + size)
+            assert t is not None  # H39: every traf has a tfdt
+            version = data[t[0] + 8]
+            out.append(struct.unpack(">Q" if version else ">I", data[t[0] + 12 : t[0] + (20 if version else 16)])[0])
+    return out
+
+
+def demux(init: bytes, body: bytes) -> list:
+    with av.open(io.BytesIO(init + body)) as c:
+        return [pk for pk in c.demux(c.streams[0]) if pk.size]
+
+
+def decode(init: bytes, body: bytes) -> list:
+    with av.open(io.BytesIO(init + body)) as c:
+        return list(c.decode(c.streams[0]))
+
+
+def test_packaged_renditions_are_valid_cmaf_and_playlists(media):
+    aus, opus = media
+    feed = rtp_feed(5.0, aus=aus, opus=opus)
+    p = make_packager()
+    run(feed, p)
+    r = p.renditions()
+    assert set(r) == {"video", "audio"}
+    video, audio = r["video"], r["audio"]
+    vtext = render_media(video.view([audio.report()]))
+    pl = m3u8.loads(vtext)
+    assert pl.target_duration == 2 and pl.media_sequence == 0
+    # H38: init = ftyp (iso6 + cmfc) + moov with mvex, no samples
+    init = video.inits[0]
+    kinds = [k for k, _, _ in boxes(init)]
+    assert kinds[:2] == ["ftyp", "moov"] and b"iso6" in init[:32] and b"cmfc" in init[:32]
+    assert child(init, ["moov", "mvex"]) is not None and b"moof" not in init
+    complete = [s for s in video.segments if s.complete]
+    assert len(complete) >= 3
+    prev_end = None
+    for seg in complete:
+        body = video.segment(seg.msn)
+        assert body == b"".join(video.part(seg.msn, i) for i in range(len(seg.parts)))  # H39: parts = parent
+        frames = decode(init, body)
+        assert frames and frames[0].key_frame  # H40: every segment starts with an IDR
+        starts = tfdts(body)
+        assert starts[0] == round(seg.start * 90000)
+        if prev_end is not None:
+            assert abs(starts[0] - prev_end) <= 1  # H41: no timestamp gap between segments
+        prev_end = round((seg.start + seg.duration) * 90000)
+        for i, part in enumerate(seg.parts):
+            packets = demux(init, video.part(seg.msn, i))  # each part opens on its own with the init
+            assert len(packets) == round(part.duration * 30)
+            assert packets[0].is_keyframe == part.independent  # H06: INDEPENDENT=YES iff it starts on an IDR
+            if part.independent:
+                assert decode(init, video.part(seg.msn, i))[0].key_frame  # H40: decodable alone
+    # the burned-in timecode survives: the samples are the publisher's, not re-encoded
+    first = decode(init, video.segment(0))[0]
+    assert read_timestamp(first.to_ndarray()) == 1_700_000_000_000
+    # audio: AAC-LC, every part decodable, same timeline as the video (H35)
+    ainit = audio.inits[0]
+    assert b"mp4a" in ainit
+    for seg in [s for s in audio.segments if s.complete]:
+        frames = decode(ainit, audio.segment(seg.msn))
+        assert frames and frames[0].sample_rate == 48000
+        vseg = next(v for v in video.segments if v.msn == seg.msn)
+        assert abs(seg.start - vseg.start) < 0.03  # segment boundaries aligned with the video's (H35)
+    # PDT from the arrival clock: the first frame arrived at monotonic 100.002 = EPOCH_WALL + 1.002
+    assert abs(complete[0].pdt - (EPOCH_WALL + 1.002)) < 1e-6
+    mv = m3u8.loads(p.multivariant())
+    info = mv.playlists[0].stream_info
+    assert info.resolution == (320, 180) and abs(info.frame_rate - 30) < 0.01
+    assert info.codecs.startswith("avc1.42") and info.codecs.endswith(",mp4a.40.2")
+    assert info.bandwidth >= info.average_bandwidth > 0
+
+
+def test_publisher_change_gives_a_discontinuity_in_every_rendition(media):
+    aus, opus = media
+    p = make_packager()
+    run(rtp_feed(3.0, aus=aus[:90], opus=opus[:150]), p, "pub1")
+    run(rtp_feed(3.0, aus=aus[:90], opus=opus[:150], start=104.0, video_ssrc=7, audio_ssrc=8), p, "pub2")
+    for name, r in p.renditions().items():
+        text = render_media(r.view())
+        assert text.count("#EXT-X-DISCONTINUITY\n") == 1, name  # H41: the gap is announced
+        lines = text.splitlines()
+        i = lines.index("#EXT-X-DISCONTINUITY")
+        assert lines[i + 1].startswith("#EXT-X-MAP:") or lines[i + 1].startswith("#EXT-X-PROGRAM-DATE-TIME")
+        starts = [s.start for s in r.segments]
+        assert starts == sorted(starts)  # timestamps never go backwards
+    v, a = p.renditions()["video"], p.renditions()["audio"]
+    assert v.last_msn == a.last_msn  # H35: the renditions' MSNs stay aligned
+    for vs, as_ in zip(v.segments, a.segments, strict=False):
+        assert vs.msn == as_.msn and abs(vs.start - as_.start) < 0.03, (vs, as_)
+
+
+def test_packet_loss_drops_to_next_idr_and_parts_stay_decodable(media):
+    aus, opus = media
+    p = make_packager()
+    run(rtp_feed(4.0, aus=aus, opus=opus, drop={200, 201}), p)
+    video = p.renditions()["video"]
+    for seg in [s for s in video.segments if s.complete]:
+        frames = decode(video.inits[0], video.segment(seg.msn))
+        assert frames[0].key_frame
+
+
+def test_vp8_gets_a_clear_unavailable_answer():
+    p = make_packager()
+    vp8 = track("video", "VP8", 90000)
+    data = bytes([0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]) + b"\x10\x00\x00"
+    from webrtc_cast.rtp.header import parse
+
+    p.tap(vp8, (data, parse(data), 1), True, 1.0, "x")
+    assert p.unavailable and "H.264" in p.unavailable and not p.renditions()
+
+
+def test_audio_follows_video_boundaries_with_short_segments(media):
+    aus, opus = media
+    p = make_packager(target_duration=1, segment_min=0.5)
+    run(rtp_feed(3.0, aus=aus[:90], opus=opus[:150]), p)
+    v, a = p.renditions()["video"], p.renditions()["audio"]
+    assert [s.msn for s in v.segments] == [s.msn for s in a.segments]
+    assert all(abs(x.start - y.start) < 0.03 for x, y in zip(v.segments, a.segments, strict=True))
+
+
+def test_end_adds_endlist(media):
+    aus, opus = media
+    p = make_packager()
+    run(rtp_feed(2.0, aus=aus[:60], opus=opus[:100]), p)
+    p.end()
+    for r in p.renditions().values():
+        text = render_media(r.view(), skip="YES")
+        assert "\n#EXT-X-ENDLIST\n" in text and "#EXT-X-PRELOAD-HINT" not in text  # H10
+        assert all(s.complete for s in r.segments)
