@@ -9,7 +9,7 @@ want_test=0
 
 if [ "$want_test" = 1 ]; then
   missing=()
-  for pkg in chromium chromium-driver nginx-light redis-server iproute2 nftables \
+  for pkg in chromium chromium-driver fonts-liberation nginx-light redis-server iproute2 nftables \
       gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
       gstreamer1.0-libav gstreamer1.0-nice python3-gi gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
