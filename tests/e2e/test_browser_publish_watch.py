@@ -83,7 +83,7 @@ async def test_chromium_publish_and_watch(cast_server, browser_context):
     log: list[str] = []
     publisher = await browser_context.new_page()
     collect_console(publisher, log)
-    await publisher.goto(f"{cast_server}/publish/x?autostart=1")
+    await publisher.goto(f"{cast_server}/publish/x?autostart=1&simulcast=0")  # one layer; simulcast: test_simulcast
     await publisher.wait_for_function(
         "window.castPublisher && ['live', 'failed', 'error'].includes(window.castPublisher.state)",
         timeout=20_000,

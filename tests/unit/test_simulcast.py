@@ -173,3 +173,18 @@ def test_automatic_choice_is_the_best_layer_under_the_caps():
     fwd.max_height, fwd.layer_cap = None, 2
     b.reselect(fwd, 2.0)
     assert fwd.target_layer == "video/l"
+
+
+def test_a_layer_choice_before_the_viewer_is_connected_waits_for_attachment():
+    """A WHEP layer POST right after the 201 (DTLS not up yet) must not subscribe a forwarder that cannot send."""
+    b = simulcast_broadcast()
+    fwd = Forwarder("video", 90000, 5, {"H264": 96})  # created for the session, not attached, no sink yet
+    fwd.pinned_rid = "l"
+    b.reselect(fwd, 0.0)
+    assert all(fwd not in t.forwarders for t in b.tracks.values())
+    assert b.on_rtp(rid_packet("l", 1, 10, 0, SPS_STAP_A), 0.0) == 0  # and the publisher's packets still flow
+    out = Out()
+    fwd.sink = out
+    b.add_forwarder(fwd, 0.0)
+    b.on_rtp(rid_packet("l", 1, 11, 3000, SPS_STAP_A), 0.1)
+    assert fwd.current_layer == "video/l" and len(out.sent) == 1

@@ -193,14 +193,25 @@ class _TapDtlsTransport(RTCDtlsTransport):
 
     on_rtp: RtpHandler | None = None
     on_rtcp: RtcpHandler | None = None
+    handler_errors = 0
 
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:  # aiortc internal hook
         if self.on_rtp is not None:
-            self.on_rtp(data, arrival_time_ms / 1000.0)
+            try:
+                self.on_rtp(data, arrival_time_ms / 1000.0)
+            except Exception:  # a bug in one packet's handling must not end the session (aiortc stops its loop)
+                self.handler_errors += 1
+                if self.handler_errors == 1 or self.handler_errors % 1000 == 0:
+                    logger.exception("RTP handler failed (%d so far)", self.handler_errors)
 
     async def _handle_rtcp_data(self, data: bytes) -> None:  # aiortc internal hook
         if self.on_rtcp is not None:
-            self.on_rtcp(data)
+            try:
+                self.on_rtcp(data)
+            except Exception:
+                self.handler_errors += 1
+                if self.handler_errors == 1 or self.handler_errors % 1000 == 0:
+                    logger.exception("RTCP handler failed (%d so far)", self.handler_errors)
 
 
 class PeerTransport:

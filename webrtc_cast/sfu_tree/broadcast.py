@@ -318,8 +318,13 @@ class Broadcast:
                 track.forwarders.remove(fwd)
 
     def reselect(self, fwd: Forwarder, now: float) -> None:
-        """The viewer's limits or choice changed (or the layers did): move it if needed."""
-        self._resubscribe(fwd, now)
+        """The viewer's limits or choice changed (or the layers did): move it if needed.
+
+        A forwarder not attached yet (its viewer's DTLS is still coming up) only keeps the new choice; it is
+        subscribed when it is attached (add_forwarder) — never before it can send.
+        """
+        if fwd in self.forwarders.get(fwd.kind, ()):
+            self._resubscribe(fwd, now)
 
     def reselect_all(self, now: float) -> None:
         for fwd in self.forwarders["video"]:
