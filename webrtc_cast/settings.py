@@ -17,7 +17,6 @@ class Settings:
     publish_tokens: list[str] = field(default_factory=list)  # empty: ingest is open (logged loudly)
     view_tokens: list[str] = field(default_factory=list)  # empty: viewing is open
     max_viewers: int = 2000  # WHEP sessions per node; beyond it 503 + Retry-After
-    max_sessions_per_stream_publish: int = 1  # a new WHIP session on a live stream replaces the old one
     max_sdp_bytes: int = 64 * 1024  # larger bodies: 413
     session_setup_timeout: float = 20.0  # seconds from POST to DTLS connected, else the session is dropped
     keyframe_request_interval: float = 0.5  # seconds between PLIs toward a publisher (merged, throttled)
