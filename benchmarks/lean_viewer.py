@@ -12,7 +12,7 @@ with hand-written SDP offers; nothing is decoded.
   embedded send time gives the forwarding delay) and one video packet in ``VIDEO_SAMPLE_EVERY``.
 
 Counting without decrypting everything is what lets one core receive hundreds of 2.5 Mbit/s streams; the
-glue has no hook for it, so :func:`_install_raw_tap` reaches into aioice/aiortc internals (benchmark only).
+glue's :meth:`PeerTransport.tap_datagrams` hands it the raw datagrams (the aiortc internals stay in the glue).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import os
 import random
 import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -402,24 +401,6 @@ class Recorder:
     decrypt_failures: int = 0
 
 
-def _install_raw_tap(transport: PeerTransport, handler: Callable[[bytes, tuple], bool]) -> pylibsrtp.Session:
-    """Route the nominated pair's datagrams to ``handler`` first (it returns True when it consumed one); STUN,
-    DTLS and anything declined still go to aioice. Returns the inbound SRTP session.
-
-    Benchmark-only reach into aioice/aiortc internals: PeerTransport has no raw-datagram hook.
-    """
-    pair = transport._ice._connection._nominated[1]
-    protocol = pair.protocol
-    original = protocol.datagram_received
-
-    def datagram_received(data: bytes, addr: tuple) -> None:
-        if not handler(data, addr):
-            original(data, addr)
-
-    protocol.datagram_received = datagram_received
-    return transport._dtls._rx_srtp
-
-
 class LeanViewer:
     """One WHEP viewer that counts what it receives and decrypts a sample."""
 
@@ -451,7 +432,7 @@ class LeanViewer:
 
     async def connect(self, http: aiohttp.ClientSession, url: str) -> None:
         self.location = await _negotiate(http, url, self.transport, "recvonly", None)
-        self._srtp = _install_raw_tap(self.transport, self._datagram)
+        self._srtp = self.transport.tap_datagrams(self._datagram)
 
     def _datagram(self, data: bytes, addr: tuple) -> bool:
         b0 = data[0]

@@ -364,6 +364,21 @@ class PeerTransport:
         self._sink_pair = pair
         return self._sink
 
+    def tap_datagrams(self, handler: Callable[[bytes, tuple], bool]) -> pylibsrtp.Session:  # type: ignore[type-arg]
+        """Load generators: see each datagram of the selected ICE pair before aioice does (``handler`` returns
+        True when it consumed it; STUN, DTLS and anything declined still go to aioice). Returns the inbound SRTP
+        session, for decrypting a sample. Call after DTLS is connected."""
+        pair = self._ice._connection._nominated[1]
+        protocol = pair.protocol
+        original = protocol.datagram_received
+
+        def datagram_received(data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+            if not handler(data, addr):
+                original(data, addr)
+
+        protocol.datagram_received = datagram_received
+        return self._dtls._rx_srtp
+
     async def _recv_nonempty(self) -> bytes:
         recv = self._gatherer._connection.recv
         while True:
