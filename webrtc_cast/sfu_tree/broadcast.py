@@ -358,14 +358,8 @@ class Broadcast:
         """The layer the forwarder sends now (for NACK repair and sender reports)."""
         return self.tracks.get(fwd.current_layer or fwd.target_layer or fwd.kind)
 
-    def request_keyframe(self, kind: str, now: float) -> bool:
-        """A viewer asked for a keyframe (PLI/FIR or join): merged and throttled upstream."""
-        track = self.tracks.get(kind)
-        if track is None:
-            return any(self.request_keyframe_on(t, now) for t in self.tracks.values() if t.kind == kind)
-        return self.request_keyframe_on(track, now)
-
     def request_keyframe_on(self, track: SourceTrack, now: float) -> bool:
+        """A viewer asked for a keyframe of this layer (PLI/FIR, join, switch): merged and throttled upstream."""
         if not self.live:
             return False
         if track.keyframes.request(now):
