@@ -5,7 +5,6 @@ Conformance numbers (W.., E..) refer to ../shared/conformance.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -19,9 +18,12 @@ from signaling import sdp, whep_extensions
 from signaling.auth import AuthError, check_bearer
 from signaling.chat.http import register_chat_routes
 from signaling.rate_limit import RateLimiter
+from signaling.tickets import check_ticket, ticket_keys
+from signaling.tree_http import full_response, placement_response, register_tree_routes
 from webrtc_cast.hls_fallback.http import register_hls_routes
 from webrtc_cast.node import STREAM_NAME, Node, NodeFull, NotLive
 from webrtc_cast.sfu_tree.sessions import Session
+from webrtc_cast.sfu_tree.tree import Tree
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +118,13 @@ def make_endpoint_handlers(role: str):  # noqa: ANN201
                 request.headers.get("Authorization"), _tokens(node, role), _tokens(node, _other(role))
             )
         except AuthError as exc:
-            raise _auth_http(exc) from None
+            if not _placement_ticket(request, node, role, stream):
+                raise _auth_http(exc) from None
+            token = None  # sent here by the origin, which checked the token (signaling/tickets.py)
+        if role == "whep":
+            placed = await placement_response(request, node, stream)  # an origin: 307 to a relay, or 503 full
+            if placed is not None:
+                return placed
         offer = await _read_body(request, node, SDP_TYPE)
         if role == "whep" and node.settings.require_live_for_whep and not node.broadcast(stream).live:
             return _error(409, "the stream is not live", node, **{"Retry-After": str(node.settings.whep_retry_after)})
@@ -129,12 +137,7 @@ def make_endpoint_handlers(role: str):  # noqa: ANN201
         except NotLive:
             return _error(409, "the stream is not live here", node, **{"Retry-After": "1"})
         except NodeFull:
-            body = json.dumps({"error": "full", "fallback": "hls"})
-            node.metrics.http_errors.labels("503").inc()
-            return web.Response(
-                status=503, text=body, content_type="application/json",
-                headers={"Retry-After": str(node.settings.whep_retry_after)},
-            )
+            return full_response(node)
         except OSError as exc:
             logger.error("cannot create %s session: %s", role, exc)
             return _error(503, "no ICE address available", node, **{"Retry-After": "5"})
@@ -148,6 +151,8 @@ def make_endpoint_handlers(role: str):  # noqa: ANN201
         if role == "whep":
             for link in whep_extensions.link_headers(location):  # E11, E18
                 response.headers.add("Link", link)
+        if role == "relay" and getattr(node, "tree", None) is not None:
+            response.headers["X-Cast-Depth"] = str(node.tree.depth)  # the child's depth is this + 1
         return response
 
     async def options(request: web.Request) -> web.Response:
@@ -168,6 +173,14 @@ def make_endpoint_handlers(role: str):  # noqa: ANN201
         return web.Response(status=204)  # W07: 2xx with no body
 
     return post, options, get
+
+
+def _placement_ticket(request: web.Request, node: Node, role: str, stream: str) -> bool:
+    ticket = request.query.get("ticket")
+    if role != "whep" or not ticket or request.headers.get("Authorization"):
+        return False
+    keys = ticket_keys(node.settings.cluster_tokens, node.settings.view_tokens)
+    return check_ticket(keys, stream, ticket, time.time())
 
 
 def _other(role: str) -> str:
@@ -275,6 +288,14 @@ async def healthz(request: web.Request) -> web.Response:
         },
         "sessions": len(node.sessions),
     }
+    tree = getattr(node, "tree", None)
+    if tree is not None:
+        links = node.relay_links
+        body["tree"] = {
+            "id": tree.id, "url": tree.url, "depth": tree.depth, "root": tree.root, "parent": tree.parent,
+            "origin": tree.is_origin, "reattached": links.reconnects if links is not None else 0,
+            "last_heal_seconds": links.last_heal_seconds if links is not None else None,
+        }
     return web.json_response(body)
 
 
@@ -343,14 +364,18 @@ def create_app(node: Node) -> web.Application:
     app.router.add_get("/publish/{stream}", _page("publish.html", web_root))
     app.router.add_get("/watch/{stream}", _page("watch.html", web_root))
     register_chat_routes(app, node)
+    register_tree_routes(app)
+    tree = Tree(node)
     register_hls_routes(app, node)  # LL-HLS origin: /hls/..., /static/vendor/hls.min.js (before /static)
     if web_root.is_dir():
         app.router.add_static("/static", web_root, follow_symlinks=False)
 
     async def on_startup(_: web.Application) -> None:
         await node.start()
+        await tree.start()
 
     async def on_cleanup(_: web.Application) -> None:
+        await tree.stop()
         await node.stop()
 
     app.on_startup.append(on_startup)

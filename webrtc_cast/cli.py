@@ -12,7 +12,7 @@ import sys
 
 from aiohttp import web
 
-from webrtc_cast.settings import PUBLISH_TOKEN_ENV, VIEW_TOKEN_ENV, Settings
+from webrtc_cast.settings import CLUSTER_TOKEN_ENV, PUBLISH_TOKEN_ENV, VIEW_TOKEN_ENV, Settings
 
 logger = logging.getLogger("webrtc_cast")
 
@@ -56,7 +56,27 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis", metavar="URL", dest="redis_url",
         help="Redis URL (redis://127.0.0.1:6379/0 or unix:///path): chat rooms span nodes through Redis pub/sub "
-        "and chat history lives there (default: one process, in memory)",
+        "and chat history lives there; an origin keeps the relay tree's registry there, so several origins share "
+        "one view (default: one process, in memory)",
+    )
+    tree = p.add_argument_group("relay tree (docs/scaling.md)")
+    tree.add_argument(
+        "--public-url", metavar="URL",
+        help="this node's base URL as viewers and child relays reach it (default: http(s)://HOST:PORT)",
+    )
+    tree.add_argument("--locality", metavar="LABEL", help="locality label; viewers asking ?locality=LABEL prefer it")
+    tree.add_argument(
+        "--max-egress", type=float, default=Settings().max_egress_bps, metavar="BPS",
+        help="bit/s to viewers and child relays at which placement sends new viewers elsewhere (0: no limit)",
+    )
+    tree.add_argument(
+        "--max-cpu", type=float, default=Settings().max_cpu, metavar="CORES",
+        help="process CPU (1.0 = one core busy) at which placement sends new viewers elsewhere (0: no limit)",
+    )
+    tree.add_argument(
+        "--cluster-token", action="append", dest="cluster_tokens", metavar="TOKEN",
+        help=f"Bearer token for the registry (/nodes): an origin accepts it, a relay sends the first; "
+        f"also ${CLUSTER_TOKEN_ENV}. With none, registration is open.",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -74,6 +94,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         redis_url=args.redis_url,
+        public_url=args.public_url,
+        locality=args.locality,
+        max_egress_bps=args.max_egress,
+        max_cpu=args.max_cpu,
+        cluster_tokens=args.cluster_tokens or [],
     )
 
 
@@ -91,6 +116,8 @@ async def _run_server(settings: Settings, after_start=None) -> None:  # noqa: AN
     logger.info("webrtc-cast listening on %s (ICE on %s)", base, ", ".join(settings.ice_hosts))
     if not settings.publish_tokens:
         logger.warning("*** NO PUBLISH TOKEN CONFIGURED: anyone who reaches %s/whip/ can publish ***", base)
+    if not settings.parent_url and not settings.cluster_tokens:
+        logger.warning("no cluster token: any host that reaches %s/nodes can join the relay tree", base)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -112,14 +139,25 @@ async def _run_server(settings: Settings, after_start=None) -> None:  # noqa: AN
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    asyncio.run(_run_server(_settings(args)))
+    settings = _settings(args)
+    if args.workers > 1:
+        from webrtc_cast.workers import run_with_workers
+
+        return run_with_workers(settings, args.workers, args.log_level, lambda: asyncio.run(_run_server(settings)))
+    asyncio.run(_run_server(settings))
     return 0
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    settings.parent_url = args.parent
+    settings.parent_url = args.parent[0]
+    settings.fallback_parents = args.parent[1:]
+    settings.origin_url = args.origin
     settings.parent_token = args.parent_token
+    if args.workers > 1:
+        from webrtc_cast.workers import run_with_workers
+
+        return run_with_workers(settings, args.workers, args.log_level, lambda: asyncio.run(_run_server(settings)))
     asyncio.run(_run_server(settings))
     return 0
 
@@ -163,17 +201,37 @@ def build_parser() -> argparse.ArgumentParser:
         "/publish/{stream}, /watch/{stream}, /healthz, /metrics.",
     )
     _add_serve_options(serve)
+    serve.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="processes: the origin on PORT plus N-1 local relays on PORT+1..PORT+N-1 (one per core); the origin "
+        "answers viewers' POST /whep with 307 to the least loaded one (default: 1)",
+    )
     serve.set_defaults(func=cmd_serve)
     relay = sub.add_parser(
         "relay",
         help="run a relay node that takes its streams from a parent node",
         description="Run a node whose broadcasts come from PARENT: when a viewer asks for a stream, the relay "
         "subscribes once to PARENT (POST {parent}/relay/{stream}, every simulcast layer over one link) and serves "
-        "its own viewers and child relays. A lost link re-attaches by itself.",
+        "its own viewers and child relays. It registers with the origin and reports its load every second; the origin "
+        "sends viewers to it (307). A lost link re-attaches by itself: to another node within about a second "
+        "when the parent is gone.",
     )
-    relay.add_argument("--parent", required=True, metavar="URL", help="base URL of the parent node")
+    relay.add_argument(
+        "--parent", required=True, action="append", metavar="URL",
+        help="base URL of the parent node; repeat to list more parents to re-attach to when one is gone",
+    )
+    relay.add_argument(
+        "--origin", metavar="URL",
+        help="the tree's origin: where to register, report load and ask for a new parent (default: the first "
+        "--parent; a relay there forwards to its origin). The origin is always a fallback parent.",
+    )
     relay.add_argument("--parent-token", metavar="TOKEN", help="Bearer token for the parent (one of its view tokens)")
     _add_serve_options(relay)
+    relay.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="processes: this relay on PORT plus N-1 relays on PORT+1..PORT+N-1 linked to it over loopback "
+        "(one network link per machine); each registers with the origin, which places viewers on all (default: 1)",
+    )
     relay.set_defaults(func=cmd_relay)
     demo = sub.add_parser(
         "demo",

@@ -271,7 +271,7 @@ async def _post_offer(
         if resp.status != 201:
             raise SignalingError(url, resp.status, body)
         location = resp.headers.get("Location")
-        resolved = str(URL(url).join(URL(location))) if location else None
+        resolved = str(resp.url.join(URL(location))) if location else None  # resp.url: after any 307
         return resp.status, body, resolved
 
 

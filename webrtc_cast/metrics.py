@@ -95,5 +95,26 @@ class NodeMetrics:
         )
         self.chat_bus_errors = Counter("webrtc_cast_chat_bus_errors", "Failed chat bus (Redis) calls", registry=r)
 
+        # the relay tree (docs/scaling.md)
+        self.tree_nodes = Gauge(
+            "webrtc_cast_tree_nodes", "Nodes with a fresh load report in this origin's registry (itself included)",
+            registry=r,
+        )
+        self.placements = Counter(
+            "webrtc_cast_placements", "WHEP POSTs placed by this origin: served here (self), sent elsewhere with "
+            "307 (redirect), or refused because the whole tree is full (full)", ["result"], registry=r,
+        )
+        self.tree_report_errors = Counter(
+            "webrtc_cast_tree_report_errors", "Load reports to the origin / registry that failed", registry=r
+        )
+        self.relay_reattach = Counter(
+            "webrtc_cast_relay_reattach", "Relay links re-established, by cause: the link failed (link), its "
+            "parent went silent and did not answer (parent_gone)", ["reason"], registry=r,
+        )
+        self.relay_heal_seconds = Histogram(
+            "webrtc_cast_relay_heal_seconds", "Last packet from the old parent to first packet from the new link",
+            buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0), registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

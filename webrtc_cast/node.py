@@ -50,6 +50,7 @@ class Node:
         self._tick_task: asyncio.Task[None] | None = None
         self._last_bitrate_sample = time.monotonic()
         self.relay_links = None  # set by webrtc_cast.sfu_tree.relay.RelayLinks when this node has a parent
+        self.tree = None  # set by webrtc_cast.sfu_tree.tree.Tree: identity, load reports, placement at an origin
         # listeners (the LL-HLS packagers): a Broadcast was created / removed from this node
         self.on_broadcast_created: list[Callable[[Broadcast], None]] = []
         self.on_broadcast_removed: list[Callable[[Broadcast], None]] = []
@@ -59,7 +60,10 @@ class Node:
         if self.settings.parent_url and self.relay_links is None:
             from webrtc_cast.sfu_tree.relay import RelayLinks
 
-            RelayLinks(self, self.settings.parent_url, self.settings.parent_token, self.settings.relay_linger)
+            RelayLinks(
+                self, self.settings.parent_url, self.settings.parent_token, self.settings.relay_linger,
+                fallback_parents=self.settings.fallback_parents,
+            )
         if self._tick_task is None:
             self._tick_task = asyncio.create_task(self._tick_loop())
 

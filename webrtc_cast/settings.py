@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 PUBLISH_TOKEN_ENV = "WEBRTC_CAST_PUBLISH_TOKENS"  # comma-separated Bearer tokens for WHIP
 VIEW_TOKEN_ENV = "WEBRTC_CAST_VIEW_TOKENS"  # comma-separated Bearer tokens for WHEP (empty: open)
+CLUSTER_TOKEN_ENV = "WEBRTC_CAST_CLUSTER_TOKENS"  # comma-separated Bearer tokens relays register with (empty: open)
 
 
 @dataclass(slots=True)
@@ -42,6 +43,20 @@ class Settings:
     parent_url: str | None = None  # relay mode: the node to take streams from (POST {parent}/relay/{stream})
     parent_token: str | None = None  # Bearer token for the parent (one of its view tokens)
     relay_linger: float = 10.0  # seconds a relay keeps a link to its parent after its last viewer left
+    # The relay tree: registry, load reports, placement, healing (docs/scaling.md).
+    fallback_parents: list[str] = field(default_factory=list)  # relay: more parents to try when the parent is gone
+    origin_url: str | None = None  # relay: where to register and ask for a new parent (default: parent_url)
+    public_url: str | None = None  # this node's base URL for viewers and children (default: http(s)://host:port)
+    locality: str | None = None  # optional label (region, rack); viewers asking ?locality=X prefer such nodes
+    max_egress_bps: float = 0.0  # bit/s to viewers and child relays; at it, placement sends viewers elsewhere; 0: none
+    max_cpu: float = 0.0  # process CPU (1.0 = one core) at which placement sends viewers elsewhere; 0: no CPU limit
+    cluster_tokens: list[str] = field(default_factory=list)  # Bearer tokens for /nodes (register, report); empty: open
+    placement: bool = True  # an origin with registered relays answers POST /whep with 307 to the best node
+    node_report_interval: float = 1.0  # seconds between load reports of each node
+    node_report_ttl: float = 4.0  # seconds without a report after which a node is out of the tree
+    relay_link_timeout: float = 0.6  # seconds of silence on a live relay link before the parent is probed
+    relay_probe_timeout: float = 0.4  # seconds the probe (GET of the link's URL at the parent) may take
+    tree_redis_prefix: str = "webrtc-cast:tree"  # Redis key prefix of the registry (with --redis)
     web_root: str | None = None  # folder of the browser pages; None: the packaged web/ folder
     redis_url: str | None = None  # --redis: chat rooms span nodes via Redis pub/sub, history kept there; None: memory
     # Chat (GET /chat/{stream}, docs/chat.md).
@@ -77,6 +92,8 @@ class Settings:
             s.publish_tokens = _split(os.environ.get(PUBLISH_TOKEN_ENV, ""))
         if not s.view_tokens:
             s.view_tokens = _split(os.environ.get(VIEW_TOKEN_ENV, ""))
+        if not s.cluster_tokens:
+            s.cluster_tokens = _split(os.environ.get(CLUSTER_TOKEN_ENV, ""))
         return s
 
 

@@ -12,7 +12,10 @@ import { pageTarget, WishError, whepPlay } from "./wish.js";
 const STATS_INTERVAL_MS = 1000;
 const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 15000;
-const DISCONNECTED_GRACE_MS = 5000; // "disconnected" often heals by itself; give ICE this long
+const DISCONNECTED_GRACE_MS = 1000; // "disconnected" this long: probe the serving node, re-join if it is gone
+const NODE_CHECK_MS = 250; // relay tree: how often to look for a stall while playing
+const NODE_STALL_MS = 800; // no new frame this long while playing: probe the node serving us
+const NODE_PROBE_TIMEOUT_MS = 500; // no answer to GET {session} in this long (or 404): the node is gone
 const STALL_RECONNECT_MS = 15000; // connected but no new decoded frame for this long: start over
 const FALLBACK_MS = 4000; // WebRTC not playing this long after the first attempt: switch to LL-HLS
 
@@ -38,6 +41,8 @@ let lastBytes = null;
 let hlsState = null; // set once the LL-HLS fallback runs; WebRTC is then given up
 let fallbackTimer = null;
 const forceHls = new URLSearchParams(location.search).get("mode") === "hls";
+let avoidNode = null; // relay tree: origin of a node that died under us; the origin is asked to avoid it
+let probing = false;
 
 const viewer = {
   get pc() {
@@ -92,7 +97,9 @@ async function connect() {
   closeSession();
   setState("connecting", `Connecting to ${whepUrl}…`);
   try {
-    const result = await whepPlay(whepUrl, { token });
+    const url = avoidNode ? `${whepUrl}?avoid=${encodeURIComponent(avoidNode)}` : whepUrl;
+    const result = await whepPlay(url, { token }); // the origin may answer 307 to a relay: fetch follows it
+    avoidNode = null;
     session = result.session;
     viewer.session = session;
     els.video.srcObject = result.stream;
@@ -122,7 +129,7 @@ function watchConnection(current) {
         setState("waiting", "Connection interrupted, waiting for it to recover…");
         clearTimeout(graceTimer);
         graceTimer = setTimeout(() => {
-          if (session === current && pc.connectionState !== "connected") scheduleReconnect("Connection lost");
+          if (session === current && pc.connectionState !== "connected") rejoinIfGone(current, "Connection lost", true);
         }, DISCONNECTED_GRACE_MS);
         break;
       case "failed":
@@ -137,6 +144,49 @@ function watchConnection(current) {
   update();
 }
 
+// Relay tree: is the node that serves `current` gone? GET of the session URL: no answer in time, or 404.
+async function nodeGone(current) {
+  if (!current.url) return false;
+  try {
+    const r = await fetch(current.url, { method: "GET", signal: AbortSignal.timeout(NODE_PROBE_TIMEOUT_MS) });
+    return r.status === 404;
+  } catch {
+    return true;
+  }
+}
+
+// Playing stalled or the connection dropped: when the node is gone, re-join at once through the origin
+// (which then avoids that node); `always`: reconnect even when the node still answers.
+async function rejoinIfGone(current, reason, always = false) {
+  if (probing || session !== current) return;
+  probing = true;
+  const gone = await nodeGone(current).finally(() => (probing = false));
+  if (session !== current) return;
+  if (gone) {
+    avoidNode = new URL(current.url).origin;
+    attempt = 0;
+    scheduleReconnect(`${reason}: the server is gone, re-joining`);
+  } else if (always) {
+    scheduleReconnect(reason);
+  } else {
+    lastProgress.at = performance.now(); // the node is there: the stream itself is quiet; look again later
+  }
+}
+
+function checkNode() {
+  if (hlsState || !session || viewer.state !== "playing" || probing) return;
+  const quality = els.video.getVideoPlaybackQuality ? els.video.getVideoPlaybackQuality() : null;
+  const frames = quality ? quality.totalVideoFrames : lastProgress.frames;
+  const now = performance.now();
+  if (frames !== checkNode.frames) {
+    checkNode.frames = frames;
+    checkNode.at = now;
+  } else if (now - checkNode.at > NODE_STALL_MS) {
+    checkNode.at = now;
+    rejoinIfGone(session, "Video stopped");
+  }
+}
+
 function closeSession() {
   if (session) session.close();
   session = null;
@@ -149,7 +199,8 @@ function scheduleReconnect(reason) {
   closeSession();
   attempt += 1;
   const base = Math.min(BACKOFF_MIN_MS * 2 ** (attempt - 1), BACKOFF_MAX_MS);
-  const delay = Math.round(base * (1 + Math.random() * 0.2));
+  // the first retry after playing goes at once (a relay died: the origin places us elsewhere)
+  const delay = attempt === 1 ? 50 : Math.round(base * (1 + Math.random() * 0.2));
   setState("retrying", `${reason} — retrying in ${(delay / 1000).toFixed(1)} s (attempt ${attempt + 1})`);
   clearTimeout(retryTimer);
   retryTimer = setTimeout(() => {
@@ -178,6 +229,7 @@ async function tick() {
     lastProgress = { frames, at: now };
     if (frames > 0 && viewer.state !== "playing") {
       attempt = 0;
+      clearTimeout(fallbackTimer); // WebRTC played: a later re-join (a relay died) must not fall back to HLS
       setState("playing", `Playing ${streamName}.`);
     }
   } else if (viewer.state === "playing" || viewer.state === "waiting") {
@@ -233,6 +285,7 @@ window.addEventListener("pagehide", () => closeSession());
 els.name.textContent = streamName;
 document.title = `Watch ${streamName} · webrtc-cast`;
 setInterval(tick, STATS_INTERVAL_MS);
+setInterval(checkNode, NODE_CHECK_MS);
 viewer.transport = "webrtc";
 if (forceHls) {
   switchToHls("LL-HLS requested (mode=hls).");

@@ -105,7 +105,8 @@ async function exchange(kind, url, pc, token) {
       });
     }
     const location = response.headers.get("Location");
-    const sessionUrl = location ? new URL(location, postUrl).href : null;
+    // response.url: where the POST ended up after a 307 from the origin to a relay (relative Locations are its)
+    const sessionUrl = location ? new URL(location, response.url || postUrl).href : null;
     const session = new Session(pc, sessionUrl, response.headers.get("ETag"), kind);
     try {
       await pc.setRemoteDescription({ type: "answer", sdp: body });
