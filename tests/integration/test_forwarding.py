@@ -152,3 +152,24 @@ async def hostile_client(base: str, node) -> list[int]:
                 sock.sendto(payload, ("127.0.0.1", port))
     assert len(ports) >= 2  # the publisher's and the viewer's
     return statuses
+
+
+async def test_ffmpeg_publisher_outlives_its_unanswered_consent_checks(monkeypatch):
+    """FFmpeg 8's WHIP muxer never answers ICE consent checks (RFC 7675); aioice alone closed such a publisher
+    after 6 unanswered checks (~30 s). Its authenticated media counts as consent instead. The check interval is
+    shortened to 0.5 s here, so the old behaviour would have dropped the publisher after ~3 s."""
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.5)
+    async with run_node() as (base, node):
+        proc = ffmpeg_publisher(f"{base}/whip/consent", seconds=11)
+        try:
+            await wait_live(node, "consent")
+            await asyncio.sleep(4.5)  # > 6 x 0.5 s x 1.2 of unanswered checks
+            report = await watch(f"{base}/whep/consent", duration=4.0)
+            publishers = [s for s in node.sessions.values() if s.role == "whip"]
+        finally:
+            await asyncio.to_thread(proc.communicate, timeout=30)
+        assert len(publishers) == 1, "the publisher session was closed"
+        assert publishers[0].transport.consent_by_traffic >= 6, "FFmpeg answered its consent checks after all?"
+        assert report.frames_decoded >= 0.9 * expected_frames(report), report.to_json()

@@ -15,6 +15,7 @@ import m3u8
 from tests.conftest import run_node
 from tests.integration.test_forwarding import ffmpeg_publisher, wait_live
 from tests.unit.hls_media import rtp_feed
+from webrtc_cast.timecode import read_timestamp
 
 
 async def get(http: aiohttp.ClientSession, url: str, **kw) -> tuple[int, dict, bytes, float]:
@@ -79,6 +80,13 @@ async def check_origin(http: aiohttp.ClientSession, base: str, stream: str) -> N
             with av.open(io.BytesIO(init + data)) as c:
                 frames = list(c.decode(video=0))
             assert frames[0].key_frame and abs(len(frames) / 30 - seg.duration) < 0.05  # H40, H09
+            # PROGRAM-DATE-TIME is the capture time: the publisher burned its send time into every frame. FFmpeg's
+            # WHIP muxer bursts its first ~1 s of frames after the handshake; PDT must not inherit that delay. (The
+            # publisher's own catch-up frames carry creation times off their pts, so its first 2 s are not compared.)
+            if int(seg.uri.rsplit("/", 1)[1].split(".")[0]) >= 2:
+                burned = read_timestamp(frames[0].to_ndarray(format="gray"))
+                assert burned is not None
+                assert abs(seg.program_date_time.timestamp() * 1000 - burned) < 100, (seg.uri, burned)
     # H21: the hinted part blocks, then arrives whole
     s, _, data, took = await get(http, f"{hls}/{pl.preload_hint.uri}")
     assert s == 200 and data[4:8] == b"moof" and took < 1.0
@@ -157,3 +165,98 @@ async def test_vp8_publisher_gets_hls_unavailable():
         async with aiohttp.ClientSession() as http:
             s, h, body, _ = await get(http, f"{base}/hls/vp8/index.m3u8")
         assert s == 409 and h["X-HLS-Unavailable"] == "codec" and b"HLS unavailable" in body
+
+
+async def _replay(packager, seconds: float) -> None:
+    t0 = time.monotonic()
+    for trk, pkt, at in rtp_feed(seconds, start=0.0).events:
+        delay = t0 + at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        packager.tap(trk, pkt, False, time.monotonic(), "pub")
+
+
+async def test_many_blocked_requests_share_one_prebuilt_answer():
+    """The blocked-request fast path (http.py): 100 waiters, gzip and identity, answered with the same bytes and
+    the same headers as aiohttp's path (H15, H47, CORS); keep-alive reused after it; a client that goes away while
+    blocked and an HTTP/1.0 client (slow path) do not disturb it."""
+    async with run_node() as (base, node):
+        node.broadcast("many")
+        service = next(iter(_services(node)))
+        packager = service.packagers["many"]
+        feeder = asyncio.create_task(_replay(packager, 8.0))
+        try:
+            video = None
+            while video is None or video.last_part is None:
+                await asyncio.sleep(0.05)
+                video = packager.renditions().get("video")
+            msn, part = video.next_part()
+            part += 3  # ~0.75-1 s ahead: every request below is blocked before it exists
+            url = f"{base}/hls/many/video.m3u8?_HLS_msn={msn}&_HLS_part={part}"
+            host, port = base.rsplit("/", 1)[1].split(":")
+            # a client that disconnects while blocked, and an HTTP/1.0 one
+            _, gone = await asyncio.open_connection(host, int(port))
+            gone.write(f"GET {url[len(base):]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            r10, w10 = await asyncio.open_connection(host, int(port))
+            w10.write(f"GET {url[len(base):]} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+            conn = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(connector=conn, auto_decompress=False) as http:
+                async def one(i: int):  # noqa: ANN202
+                    enc = {"Accept-Encoding": "gzip"} if i % 2 else {"Accept-Encoding": "identity"}
+                    async with http.get(url, headers=enc) as r:
+                        return r.status, r.headers, await r.read()
+
+                tasks = [asyncio.create_task(one(i)) for i in range(100)]  # under the listen backlog (128)
+                while sum(len(g.waiters) for g in service._groups.get("many", {}).values()) < 101:
+                    assert not video.has_part(msn, part), "the requests were not all blocked in time"
+                    await asyncio.sleep(0.01)
+                gone.close()
+                got = await asyncio.gather(*tasks)
+                assert {s for s, _, _ in got} == {200}
+                for gz in (0, 1):
+                    bodies = {b for i, (_, _, b) in enumerate(got) if i % 2 == gz}
+                    assert len(bodies) == 1, "every waiter of a group gets the same bytes"
+                _, h, b = got[1]
+                assert h["Content-Encoding"] == "gzip" and h["Vary"] == "Accept-Encoding"  # H15
+                assert h["Cache-Control"] == f"public, max-age={6 * node.settings.hls_target_duration}"  # H47
+                assert h["Access-Control-Allow-Origin"] == "*"
+                assert h["Content-Type"].startswith("application/vnd.apple.mpegurl")
+                assert int(h["Content-Length"]) == len(b)
+                text = got[0][2].decode()
+                assert f"{msn}.{part}.m4s" in text or f"{msn + 1}.0.m4s" in text, text
+                # the same connections serve the next (blocking) request
+                msn2, part2 = video.next_part()
+                s, _, _, _ = await get(http, f"{base}/hls/many/video.m3u8?_HLS_msn={msn2}&_HLS_part={part2}")
+                assert s == 200
+            head = (await asyncio.wait_for(r10.read(), 5)).decode("latin-1")
+            assert head.startswith("HTTP/1.") and " 200 " in head.split("\r\n")[0], head[:200]
+            w10.close()
+            assert not service._groups.get("many"), "no waiter left behind"
+        finally:
+            feeder.cancel()
+
+
+def test_pdt_is_the_capture_time_when_the_first_second_arrives_in_one_burst():
+    """A publisher that holds its first frames while it connects (FFmpeg's WHIP muxer: ~1 s, sent in one burst
+    after the handshake) must not make every PROGRAM-DATE-TIME late by that much: PDT follows the arrivals that
+    are on time, restamps the segments since the anchor (PDT(n+1) = PDT(n) + EXTINF(n)) and is the same function
+    of media time for video and audio (H36)."""
+    from webrtc_cast.hls_fallback.packager import HlsConfig, Packager
+
+    feed = rtp_feed(6.0, start=100.0)  # frame i captured (and, on time, arriving) at 100 + i/30 (+2 ms)
+    epoch_wall, wall_offset = 1_700_000_000.0, 1_700_000_000.0 - 90.0  # monotonic 100.0 = epoch_wall + 10 s
+    packager = Packager("burst", HlsConfig(), epoch_wall, wall_offset)
+    for trk, pkt, at in feed.events:
+        packager.tap(trk, pkt, False, max(at, 101.1), "pub")  # the first 1.1 s arrive together at 101.1
+    video = packager.renditions()["video"]
+    audio = packager.renditions()["audio"]
+    assert abs(packager.lateness - 1.1) < 0.01, packager.lateness
+    for seg in video.segments:
+        capture = wall_offset + 100.0 + round((seg.start - video.segments[0].start) * 30) / 30
+        assert abs(seg.pdt - capture) < 0.01, (seg.msn, seg.pdt - capture)
+    done = [s for s in video.segments if s.complete]
+    for a, b in zip(done, done[1:], strict=False):
+        assert abs(a.pdt + a.duration - b.pdt) < 1e-6  # consistent with EXTINF
+    for seg in audio.segments:
+        assert abs(seg.pdt - packager.pdt(seg.start)) < 1e-6  # one clock for every rendition (H36)
+

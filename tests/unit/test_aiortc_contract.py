@@ -33,6 +33,8 @@ def test_pinned_versions():
         (RTCCertificate, "_create_ssl_context"),
         (aioice.ice.Connection, "get_component_candidates"),
         (aioice.ice.Connection, "recv"),
+        (aioice.ice.Connection, "build_request"),
+        (aioice.ice.Connection, "close"),
     ],
 )
 def test_hooked_methods_exist(owner, name):
@@ -53,8 +55,17 @@ async def test_glue_reaches_the_attributes_it_uses():
     assert hasattr(cert, "_cert") and hasattr(cert, "_key")
     transport = aiortc_glue.PeerTransport(["127.0.0.1"], cert)
     conn = transport._gatherer._connection
-    for attr in ("_local_candidates", "_local_candidates_start", "_local_candidates_end", "_nominated"):
+    for attr in ("_local_candidates", "_local_candidates_start", "_local_candidates_end", "_nominated",
+                 "_query_consent_task", "remote_password"):
         assert hasattr(conn, attr), attr
+    # consent freshness: aioice starts its loop in connect() and cancels _query_consent_task in close(); the glue
+    # swaps in its own loop through that attribute, with the module's constants
+    assert "self._query_consent_task = asyncio.create_task(self.query_consent())" in inspect.getsource(
+        aioice.ice.Connection.connect
+    )
+    assert "self._query_consent_task" in inspect.getsource(aioice.ice.Connection.close)
+    assert isinstance(aioice.ice.CONSENT_INTERVAL, int | float) and isinstance(aioice.ice.CONSENT_FAILURES, int)
+    assert list(inspect.signature(aioice.ice.Connection.build_request).parameters) == ["self", "pair", "nominate"]
     dtls = transport._dtls
     for attr in ("_tx_srtp", "_rx_srtp"):
         assert hasattr(dtls, attr), attr

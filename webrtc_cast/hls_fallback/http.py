@@ -12,6 +12,13 @@ URLs (relative URIs inside the playlists resolve against them):
 Cache-Control follows conformance.md H47 (TD = TARGETDURATION): blocking playlist 6 TD / 4 TD on 4xx, non-blocking
 playlist 0.5 TD / 1 TD, media 6 TD (immutable: every media URI carries the packager epoch) / 1 TD on 404.
 A blocked request that times out (3 TD, H28) gets 503 with 1 TD: a stalled encoder should not be cached for 4 TD.
+
+Blocked playlist requests take a fast path (the 1,000-waiter budget is 50 ms, ~50 us each; aiohttp's own response
+path costs several times that): waiters are grouped by what they wait for and what they get back (rendition,
+_HLS_msn/_HLS_part, _HLS_skip, gzip). When a part is published, each satisfied group's complete HTTP/1.1 response
+(status line, headers, body) is built once and written straight to every waiter's transport in one callback right
+after the packager's update; the handler then returns a :class:`_Sent` marker that aiohttp treats as already written.
+Only keep-alive HTTP/1.1 GET requests take it; anything else goes through aiohttp as usual.
 """
 
 from __future__ import annotations
@@ -21,13 +28,16 @@ import gzip
 import logging
 import re
 import time
+from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from webrtc_cast.hls_fallback.blocking import BadDirective, Directives, parse_directives, satisfied
 from webrtc_cast.hls_fallback.packager import HlsConfig, Packager
 from webrtc_cast.hls_fallback.playlist import render_media
+from webrtc_cast.hls_fallback.rendition import Rendition
 from webrtc_cast.node import STREAM_NAME, Node
 from webrtc_cast.sfu_tree.broadcast import Broadcast
 
@@ -49,6 +59,32 @@ def config_from(settings) -> HlsConfig:  # noqa: ANN001
     )
 
 
+class _Sent(web.StreamResponse):
+    """A response already written to the transport by :meth:`HlsService._release`: aiohttp's prepare and
+    write_eof are no-ops for it (``_eof_sent``), and it keeps the connection alive as the bytes said."""
+
+    def __init__(self, status: int, length: int, keep_alive: bool = True) -> None:
+        super().__init__(status=status)
+        self._eof_sent = True
+        self._keep_alive = keep_alive
+        self._body_length = length
+
+
+@dataclass(eq=False, slots=True)
+class _Group:
+    """Blocked requests that wait for the same thing and get the same bytes back."""
+
+    packager: Packager
+    rendition: Rendition
+    directives: Directives
+    gzip: bool
+    waiters: dict[asyncio.Future, asyncio.BaseTransport] = field(default_factory=dict)  # ordered: FIFO
+
+    def ready(self) -> bool:
+        r = self.rendition
+        return r.ended or satisfied(self.directives, r.has_part, r.has_segment)
+
+
 class HlsService:
     """One packager per broadcast, created with the broadcast and ended (EXT-X-ENDLIST) when it is removed."""
 
@@ -58,6 +94,9 @@ class HlsService:
         self.packagers: dict[str, Packager] = {}
         self._events: dict[str, asyncio.Event] = {}
         self._cache: dict[tuple[str, str, str | None], tuple[int, bytes, bytes]] = {}
+        self._wire: dict[tuple[str, str, str | None, bool], tuple[int, bytes]] = {}
+        self._groups: dict[str, dict[tuple, _Group]] = {}  # stream -> (rendition, msn, part, skip, gzip) -> group
+        self._release_due: set[str] = set()
         node.on_broadcast_created.append(self.attach)
         node.on_broadcast_removed.append(self.detach)
         for b in node.broadcasts.values():
@@ -94,9 +133,89 @@ class HlsService:
             forget()
 
     def _notify(self, stream: str) -> None:
+        if self._groups.get(stream) and stream not in self._release_due:
+            # after the packager's current update: a part's publication is followed, in the same call, by the end
+            # of its segment and the start of the next (a playlist rendered in between would hint a wrong part)
+            try:
+                asyncio.get_running_loop().call_soon(self._release, stream)
+                self._release_due.add(stream)
+            except RuntimeError:
+                self._release(stream)
         event = self._events.pop(stream, None)
         if event is not None:
             event.set()
+
+    def _release(self, stream: str) -> None:
+        """Answer every blocked request whose part now exists: one response per group, written to each waiter."""
+        self._release_due.discard(stream)
+        groups = self._groups.get(stream)
+        if not groups:
+            return
+        done = [key for key, g in groups.items() if g.ready()]
+        for key in done:
+            g = groups.pop(key)
+            skip = g.directives.skip if not g.rendition.ended else None
+            wire = self.wire(g.packager, g.rendition.name, skip, g.gzip)
+            for fut, transport in g.waiters.items():
+                if fut.done():
+                    continue
+                try:
+                    if transport.is_closing():
+                        fut.set_result(None)
+                        continue
+                    transport.write(wire)  # type: ignore[attr-defined]
+                except Exception:  # noqa: BLE001 - one broken connection must not stop the others
+                    logger.exception("hls: writing a blocked playlist answer failed")
+                    fut.set_result(None)
+                    continue
+                fut.set_result(len(wire))
+
+    async def block(self, packager: Packager, rendition: Rendition, d: Directives, gz: bool,
+                    transport: asyncio.BaseTransport, timeout: float) -> int | None | bool:
+        """Hold a blocked playlist request (fast path). Returns the bytes written for it, None when its
+        connection went away, False when the part did not appear within ``timeout``."""
+        key = (id(packager), rendition.name, d.msn, d.part, d.skip, gz)
+        groups = self._groups.setdefault(packager.stream, {})
+        group = groups.get(key)
+        if group is None or group.packager is not packager:
+            group = groups[key] = _Group(packager, rendition, d, gz)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        group.waiters[fut] = transport
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            return False
+        finally:
+            group.waiters.pop(fut, None)
+            if not group.waiters and groups.get(key) is group:
+                del groups[key]
+
+    def wire(self, packager: Packager, name: str, skip: str | None, gz: bool) -> bytes:
+        """The complete HTTP/1.1 200 answer to a blocked playlist request, built once per playlist change."""
+        key = (packager.epoch, name, skip, gz)
+        hit = self._wire.get(key)
+        if hit is not None and hit[0] == packager.version:
+            return hit[1]
+        body, gzipped = self.rendered(packager, name, skip)
+        if gz:
+            body = gzipped
+        head = (
+            "HTTP/1.1 200 OK\r\n"
+            f"Content-Type: {PLAYLIST_TYPE}; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"Cache-Control: {_cache_control(6 * self.config.target_duration)}\r\n"
+            "Vary: Accept-Encoding\r\n"
+            + ("Content-Encoding: gzip\r\n" if gz else "")
+            + "Access-Control-Allow-Origin: *\r\n"
+            f"Date: {formatdate(usegmt=True)}\r\n"
+            "\r\n"
+        )
+        wire = head.encode() + body
+        self._wire[key] = (packager.version, wire)
+        if len(self._wire) > 64 * max(1, len(self.packagers)):
+            self._wire.clear()
+        return wire
 
     async def wait_for(self, stream: str, ready, timeout: float) -> bool:  # noqa: ANN001
         """Wait until ``ready()`` is true or ``timeout`` passes; wakes on every change of the stream."""
@@ -198,9 +317,21 @@ async def playlist(request: web.Request) -> web.StreamResponse:
         def ready() -> bool:
             return rendition.ended or satisfied(d, rendition.has_part, rendition.has_segment)
 
-        if not await service.wait_for(packager.stream, ready, 3 * td):
-            return _fail(503, "the requested part did not appear in 3 target durations", td,
-                         **{"Retry-After": str(td)})
+        if not ready():
+            transport = request.transport
+            if (request.method == "GET" and request.version == HttpVersion11 and request.keep_alive
+                    and transport is not None):
+                gz = "gzip" in request.headers.get("Accept-Encoding", "")
+                sent = await service.block(packager, rendition, d, gz, transport, 3 * td)
+                if sent is None:  # the client went away while its request was blocked: close
+                    return _Sent(200, 0, keep_alive=False)
+                if sent is not False:
+                    return _Sent(200, sent)
+            else:
+                await service.wait_for(packager.stream, ready, 3 * td)
+            if not ready():
+                return _fail(503, "the requested part did not appear in 3 target durations", td,
+                             **{"Retry-After": str(td)})
     body, gz = service.rendered(packager, name, d.skip if not rendition.ended else None)
     return _playlist(request, body, gz, 6 * td if d.blocking else td / 2)
 

@@ -7,7 +7,13 @@ as received into fMP4 parts. Opus audio is transcoded once to AAC-LC and cut at 
 Timeline: media time is seconds since the packager's ``epoch_wall`` (Unix time). A track is anchored when its
 first usable packet arrives: at the publisher's sender-report clock when one is known and plausible, else at the
 packet's arrival on this node's wall clock (the same clock the WebRTC path measures latency against).
-EXT-X-PROGRAM-DATE-TIME is ``epoch_wall + segment start``.
+EXT-X-PROGRAM-DATE-TIME is ``epoch_wall + segment start - lateness``. ``lateness`` corrects an anchor taken from a
+late first packet: a publisher that buffers its first frames while it connects (FFmpeg's WHIP muxer sends about a
+second of frames in one burst after the DTLS handshake) would otherwise get PDTs that late for the whole broadcast.
+A frame cannot arrive before it was captured, so when the leading video layer's frames arrive earlier than the
+anchored timeline says, the timeline is late by that much: ``lateness`` is the largest such lead seen since the
+anchor, and the PDTs of the segments since the last discontinuity follow it (in practice it settles within the
+first seconds). One value for every rendition (H36: consistent PDTs). The media timeline (tfdt) is never moved.
 """
 
 from __future__ import annotations
@@ -102,6 +108,8 @@ class _Track:
         if self.last_t is not None:
             media = max(media, self.last_t + self.interval + 0.001)  # never backwards (H41)
         self.anchor = _Anchor(ts, media, clock)
+        if self is self.p.video:
+            self.p.lateness = 0.0
 
     def sample(self, t: float, data: bytes, keyframe: bool, cut: Cut, timescale: int) -> None:
         assert self.writer is not None
@@ -116,7 +124,7 @@ class _Track:
             self._publish_part(t)
         if cut is Cut.SEGMENT:
             self.rendition.end_segment(t)
-            self.rendition.start_segment(t, self.p.epoch_wall + t)
+            self.rendition.start_segment(t, self.p.pdt(t))
             self.p.segment_started(self, t)
         if cut is not Cut.NONE:
             self.part_start, self.part_independent, self.part_open = t, keyframe, True
@@ -181,6 +189,8 @@ class _Video(_Track):
                 self._open_writer()
             if self.writer is None:
                 continue
+            if self is self.p.video:
+                self.p.observe_arrival(t, now)
             cut = self.segmenter.decide(t, au.keyframe)
             body = au.annexb()
             if au.keyframe and not any(n[0] & 0x1F == NAL_SPS for n in au.nals):
@@ -270,6 +280,7 @@ class Packager:
         self.unavailable: str | None = None
         self.ended = False
         self.errors = 0
+        self.lateness = 0.0  # seconds the leader's anchored timeline is behind its arrivals (see the module doc)
 
     def _rendition(self, name: str) -> Rendition:
         c = self.config
@@ -343,6 +354,22 @@ class Packager:
                 self.audio.start_at = t
                 self.audio.segmenter.reset()
             self.audio.segmenter.align_to(t)
+
+    def pdt(self, t: float) -> float:
+        """EXT-X-PROGRAM-DATE-TIME (Unix seconds) of media time ``t``."""
+        return self.epoch_wall + t - self.lateness
+
+    def observe_arrival(self, t: float, now: float) -> None:
+        """The leader's access unit at media time ``t`` arrived at monotonic ``now``."""
+        early = t - (now + self.wall_offset - self.epoch_wall)
+        if early > self.lateness + 0.001:
+            self.lateness = early
+            # every segment since the last discontinuity (the anchor): PDT(n+1) = PDT(n) + EXTINF(n) stays true
+            for track in self.tracks():
+                for seg in reversed(track.rendition.segments):
+                    seg.pdt = self.pdt(seg.start)
+                    if seg.discontinuity:
+                        break
 
     def changed(self) -> None:
         self.version += 1

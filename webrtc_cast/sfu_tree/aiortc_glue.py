@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import aioice.ice
+import aioice.stun
 import pylibsrtp
 from aiortc.rtcdtlstransport import (
     SRTP_PROFILES,
@@ -194,8 +197,10 @@ class _TapDtlsTransport(RTCDtlsTransport):
     on_rtp: RtpHandler | None = None
     on_rtcp: RtcpHandler | None = None
     handler_errors = 0
+    last_rx = 0.0  # monotonic time of the last authenticated (decrypted) RTP or RTCP packet from the peer
 
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:  # aiortc internal hook
+        self.last_rx = time.monotonic()
         if self.on_rtp is not None:
             try:
                 self.on_rtp(data, arrival_time_ms / 1000.0)
@@ -205,6 +210,7 @@ class _TapDtlsTransport(RTCDtlsTransport):
                     logger.exception("RTP handler failed (%d so far)", self.handler_errors)
 
     async def _handle_rtcp_data(self, data: bytes) -> None:  # aiortc internal hook
+        self.last_rx = time.monotonic()
         if self.on_rtcp is not None:
             try:
                 self.on_rtcp(data)
@@ -241,6 +247,7 @@ class PeerTransport:
         self.bytes_sent = 0
         self.packets_sent = 0
         self.junk_datagrams = 0
+        self.consent_by_traffic = 0  # unanswered consent checks forgiven because the peer's media kept arriving
         self._sink: RtpSink | None = None
         self._sink_pair: object | None = None
         self._sink_socket: socket.socket | None = None
@@ -308,6 +315,7 @@ class PeerTransport:
             if self._ice.state != "completed":
                 self.failed.set()
                 return
+            self._replace_consent_checks()
             await self._dtls.start(remote_dtls)
             if self._dtls.state == "connected":
                 self.connected.set()
@@ -316,6 +324,46 @@ class PeerTransport:
         except Exception:  # a peer that breaks the handshake must not take the node down
             logger.exception("transport setup failed")
             self.failed.set()
+
+    def _replace_consent_checks(self) -> None:
+        """Swap aioice's consent-freshness loop (RFC 7675) for one that also counts the peer's own traffic.
+
+        FFmpeg 8's WHIP muxer never answers consent checks, so aioice's loop (6 unanswered checks, 5 s apart)
+        closed every FFmpeg publisher after ~30 s. Here an unanswered check still counts as consent when
+        authenticated SRTP/SRTCP arrived from the peer within the last interval: a peer that keeps sending us
+        media it encrypted with this session's keys is alive and wants the session. Peers that neither answer nor
+        send are dropped as before.
+        """
+        conn = self._gatherer._connection
+        task = conn._query_consent_task
+        if task is not None:
+            task.cancel()
+        conn._query_consent_task = asyncio.ensure_future(self._query_consent(conn))
+
+    async def _query_consent(self, conn: aioice.ice.Connection) -> None:
+        failures = 0
+        while True:
+            interval = aioice.ice.CONSENT_INTERVAL
+            await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
+            for pair in list(conn._nominated.values()):
+                request = conn.build_request(pair, nominate=False)
+                try:
+                    await pair.protocol.request(
+                        request, pair.remote_addr, integrity_key=conn.remote_password.encode("utf8"),
+                        retransmissions=0,
+                    )
+                    failures = 0
+                except aioice.stun.TransactionError:
+                    if time.monotonic() - self._dtls.last_rx < interval:
+                        self.consent_by_traffic += 1
+                        failures = 0
+                    else:
+                        failures += 1
+            if failures >= aioice.ice.CONSENT_FAILURES:
+                logger.info("ICE consent expired: %d checks unanswered and nothing received", failures)
+                conn._query_consent_task = None
+                await conn.close()
+                return
 
     async def add_remote_candidate(self, sdp_value: str | None) -> bool:
         """Add one remote candidate (the value after ``a=candidate:``); None ends the list.
