@@ -89,6 +89,18 @@ def runqueue_wait_seconds(pid: int | str = "self") -> float:
     return total / 1e9
 
 
+def core_busy_seconds(core: int | None) -> float:
+    """CPU seconds core ``core`` spent busy (/proc/stat: all but idle and iowait), 0.0 when unknown."""
+    if core is None:
+        return 0.0
+    with contextlib.suppress(OSError, ValueError), open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                vals = [int(v) for v in line.split()[1:]]
+                return (sum(vals[:8]) - vals[3] - vals[4]) / CLK_TCK
+    return 0.0
+
+
 def socket_inodes(pid: int | str) -> set[str]:
     out = set()
     fd_dir = f"/proc/{pid}/fd"
@@ -139,18 +151,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, core: int | None, max_viewers: int, log_path: Path) -> subprocess.Popen:
+def start_server(
+    port: int,
+    core: int | None,
+    max_viewers: int,
+    log_path: Path,
+    ice_host: str = "127.0.0.1",
+    module: str = "webrtc_cast",
+) -> subprocess.Popen:
+    """``module`` is the entry point: webrtc_cast, or benchmarks.serve_without_taps (forwarding only)."""
     cmd = [
         sys.executable,
         "-m",
-        "webrtc_cast",
+        module,
         "serve",
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
         "--ice-host",
-        "127.0.0.1",
+        ice_host,
         "--max-viewers",
         str(max_viewers),
         # every lean viewer posts from 127.0.0.1: lift the per-address limit meant for real clients
@@ -195,9 +215,20 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
 
 # --- the benchmark -------------------------------------------------------------------------------------------
 class Bench:
-    def __init__(self, args: argparse.Namespace, server_pid: int, base: str, clip: H264Clip) -> None:
+    name = "webrtc-cast"
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        server_pid: int,
+        base: str,
+        clip: H264Clip,
+        proc: subprocess.Popen | None = None,
+    ) -> None:
         self.args = args
         self.pid = server_pid
+        self.proc = proc
+        self.ice_host = getattr(args, "ice_host", "127.0.0.1")  # where every peer of the run gathers ICE
         self.base = base
         self.clip = clip
         self.stream = "bench"
@@ -206,6 +237,26 @@ class Bench:
         self.join_failures: list[str] = []
         self.certificate = generate_certificate()
         self.publisher: LeanPublisher | None = None
+        self.join_probe: dict | None = None
+
+    # -- what differs between servers (benchmarks/vs_janus.py overrides these) -----------------------------------
+    async def ready(self, http: aiohttp.ClientSession) -> None:
+        await wait_ready(http, self.base, self.proc or _SERVER["proc"], 20)
+
+    async def connect_publisher(self, http: aiohttp.ClientSession) -> LeanPublisher:
+        pub = LeanPublisher(PeerTransport([self.ice_host], self.certificate), self.clip)
+        await pub.connect(http, f"{self.base}/whip/{self.stream}")
+        return pub
+
+    async def connect_viewer(self, http: aiohttp.ClientSession, viewer: LeanViewer) -> None:
+        await viewer.connect(http, f"{self.base}/whep/{self.stream}")
+
+    async def close_viewer(self, http: aiohttp.ClientSession, viewer: LeanViewer) -> None:
+        await viewer.close(http, self.base)
+
+    async def server_forwarded(self, http: aiohttp.ClientSession) -> dict[str, int]:
+        """Packets the server sent to viewers so far, by kind (its own counter)."""
+        return await forwarded_packets(http, self.base)
 
     async def join(self, http: aiohttp.ClientSession, target: int) -> dict:
         """Add viewers until ``target`` are connected (batches of --join-batch, each bounded in time)."""
@@ -214,13 +265,11 @@ class Bench:
         attempts = 0
         while len(self.viewers) < target and attempts < 2 * target:
             batch = [
-                LeanViewer(PeerTransport(["127.0.0.1"], self.certificate), self.recorder)
+                LeanViewer(PeerTransport([self.ice_host], self.certificate), self.recorder)
                 for _ in range(min(self.args.join_batch, target - len(self.viewers)))
             ]
             attempts += len(batch)
-            results = await asyncio.gather(
-                *(v.connect(http, f"{self.base}/whep/{self.stream}") for v in batch), return_exceptions=True
-            )
+            results = await asyncio.gather(*(self.connect_viewer(http, v) for v in batch), return_exceptions=True)
             for v, res in zip(batch, results, strict=True):
                 if isinstance(res, BaseException):
                     failed += 1
@@ -229,6 +278,51 @@ class Bench:
                 else:
                     self.viewers.append(v)
         return {"join_seconds": round(time.monotonic() - t0, 2), "join_failures": failed}
+
+    async def probe_joins(self, http: aiohttp.ClientSession, count: int) -> dict:
+        """Join time with the broadcast running to ``len(viewers)`` viewers: ``count`` more viewers join one at a
+        time (nothing else joining); each is timed from its first signaling request to DTLS up and to its first
+        RTP packet, then they all leave again."""
+        at = len(self.viewers)
+        connect_ms: list[float] = []
+        first_ms: list[float] = []
+        failures = 0
+        probes: list[LeanViewer] = []
+        give_up = time.monotonic() + 30.0  # a server that cannot take joins any more must not stall the run
+        for _ in range(count):
+            if time.monotonic() > give_up:
+                break
+            v = LeanViewer(PeerTransport([self.ice_host], self.certificate), self.recorder)
+            probes.append(v)
+            v.t_start = time.monotonic()
+            try:
+                await self.connect_viewer(http, v)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                failures += 1
+                self.join_failures.append(f"probe: {str(exc)[:200]}")
+                continue
+            deadline = time.monotonic() + 3.0
+            while not v.t_first and time.monotonic() < deadline:
+                await asyncio.sleep(0.002)
+            connect_ms.append((v.t_connected - v.t_start) * 1000)
+            if v.t_first:
+                first_ms.append((v.t_first - v.t_start) * 1000)
+            else:
+                failures += 1
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                asyncio.gather(*(self.close_viewer(http, v) for v in probes), return_exceptions=True), 15
+            )
+        await asyncio.sleep(1.0)  # the server notices the departures before the next step
+        connect_ms.sort()
+        first_ms.sort()
+        return {
+            "at_viewers": at,
+            "joins": count,
+            "failures": failures,
+            "connect_ms": {"p50": _r(percentile(connect_ms, 50)), "p95": _r(percentile(connect_ms, 95))},
+            "first_packet_ms": {"p50": _r(percentile(first_ms, 50)), "p95": _r(percentile(first_ms, 95))},
+        }
 
     async def wait_video_flowing(self, limit: float) -> float:
         """Until every viewer receives video (a viewer that joined without a cached keyframe waits for the next
@@ -295,6 +389,7 @@ class Bench:
         rec.active = True
         dec0 = (rec.decrypt_ok, rec.decrypt_failures)
         wait0, lwait0 = runqueue_wait_seconds(self.pid), runqueue_wait_seconds()
+        busy0 = core_busy_seconds(self.args.server_core)
         split0 = cpu_split(self.pid)
         cpu0, load0, t0 = cpu_seconds(self.pid), cpu_seconds(), time.monotonic()
         profiler = self._start_profiler(seconds) if n else None
@@ -311,6 +406,7 @@ class Bench:
         pub.pause()
         cpu1, load1, t1 = cpu_seconds(self.pid), cpu_seconds(), time.monotonic()
         wait1, lwait1 = runqueue_wait_seconds(self.pid), runqueue_wait_seconds()
+        busy1 = core_busy_seconds(self.args.server_core)
         split1 = cpu_split(self.pid)
         fwd1 = await self._drain(http)
         rec.active = False
@@ -356,6 +452,11 @@ class Bench:
             "load_cpu": round((load1 - load0) / wall, 3),
             # share of the window each side was runnable but not running (other processes on its core)
             "server_runqueue_wait": round((wait1 - wait0) / wall, 3),
+            # share of the server core other processes used (its busy time minus the server's CPU time): unlike
+            # the run-queue wait, not inflated by a multi-threaded server's threads waiting for each other
+            "server_core_foreign": round(max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / wall, 3)
+            if self.args.server_core is not None
+            else None,
             "load_runqueue_wait": round((lwait1 - lwait0) / wall, 3),
             **({"profile_top_self": profile} if profile else {}),
         }
@@ -367,7 +468,7 @@ class Bench:
         last: tuple[dict[str, int], int] | None = None
         await asyncio.sleep(DRAIN_S)
         while True:
-            now = (await forwarded_packets(http, self.base), sum(v.received for v in self.viewers))
+            now = (await self.server_forwarded(http), sum(v.received for v in self.viewers))
             if now == last or time.monotonic() > deadline:
                 return now[0]
             last = now
@@ -394,9 +495,8 @@ class Bench:
         started = time.monotonic()
         connector = aiohttp.TCPConnector(limit=64)
         async with aiohttp.ClientSession(connector=connector) as http:
-            await wait_ready(http, self.base, _SERVER["proc"], 20)
-            pub = self.publisher = LeanPublisher(PeerTransport(["127.0.0.1"], self.certificate), self.clip)
-            await pub.connect(http, f"{self.base}/whip/{self.stream}")
+            await self.ready(http)
+            pub = self.publisher = await self.connect_publisher(http)
             pub_task = asyncio.create_task(pub.run(max_seconds=args.budget + 120))
             try:
                 await asyncio.sleep(2.5)  # the broadcast goes live and caches a keyframe
@@ -405,13 +505,24 @@ class Bench:
                 steps: list[dict] = []
                 stopped = "all steps passed"
                 per_viewer_join = 0.05
+                inconclusive = 0  # consecutive steps that failed only while other processes held the server core
                 for target in args.steps:
                     added = target - len(self.viewers)
                     estimate = added * per_viewer_join * 1.5 + args.settle + args.window + 3 * DRAIN_S + 2
                     if time.monotonic() - started + estimate > args.budget:
                         stopped = "time budget"
                         break
+                    # Joins happen with the publisher paused, so the RSS delta across them is the viewers' own
+                    # memory: with media flowing, the LL-HLS packager's window (~30 s of segments, ~10 MB at
+                    # 2.5 Mbit/s) fills at the same time and would be counted per viewer.
+                    pub.pause()
+                    await asyncio.sleep(DRAIN_S)
+                    rss_before = rss_kb(self.pid)
                     joined = await self.join(http, target)
+                    await asyncio.sleep(DRAIN_S)
+                    joined["rss_join_delta_kb"] = rss_kb(self.pid) - rss_before
+                    joined["joined_viewers"] = len(self.viewers) - (target - added)
+                    pub.resume()
                     per_viewer_join = max(0.01, joined["join_seconds"] / max(added, 1))
                     await asyncio.sleep(args.settle)
                     joined["waited_for_video_s"] = await self.wait_video_flowing(MAX_VIDEO_WAIT_S)
@@ -421,7 +532,7 @@ class Bench:
                         ok, why = self.judge(step)
                         step["pass"], step["verdict"] = ok, why
                         steps.append(step)
-                        contended = step["server_runqueue_wait"] > CONTENDED
+                        contended = is_contended(step)
                         if ok or not contended or time.monotonic() - started + args.window + 3 > args.budget:
                             break
                         logger.info("N=%d failed while the server core was contended; measuring again", target)
@@ -434,7 +545,18 @@ class Bench:
                         step["server_drop"],
                         step["load_cpu"],
                     )
-                    if not ok:
+                    probe_due = target >= args.probe_at and not step["join_failures"]
+                    if self.join_probe is None and probe_due and args.probe_joins > 0:
+                        self.join_probe = await self.probe_joins(http, args.probe_joins)
+                    if ok:
+                        inconclusive = 0
+                        stopped = "all steps passed"
+                    elif contended and inconclusive < args.max_inconclusive:
+                        # every attempt was contended: not this server's limit, maybe; one more step decides
+                        inconclusive += 1
+                        stopped = f"N={target}: {why} (contended: inconclusive)"
+                        logger.info("N=%d inconclusive (contended); going on to the next step", target)
+                    else:
                         stopped = f"N={target}: {why}"
                         break
             finally:
@@ -472,19 +594,49 @@ class Bench:
             per_viewer = (last["server_cpu"] - baseline["server_cpu"]) / last["viewers"]
             # viewers one fully busy core would carry at this step's measured cost (ignores delay and drops)
             result["cpu_extrapolated_viewers"] = int((1.0 - baseline["server_cpu"]) / per_viewer)
-        contended = [s["viewers"] for s in steps if s["server_runqueue_wait"] > CONTENDED]
+            # the largest step measured, passed or not: CPU time per viewer is less disturbed by other processes
+            # on the core than the delay is
+            result["last_step"] = {
+                "viewers": last["viewers"],
+                "cpu_per_viewer_pct": round(per_viewer * 100, 3),
+                "rss_per_viewer_kb": round((last["server_rss_kb"] - baseline["server_rss_kb"]) / last["viewers"], 1),
+                "us_cpu_per_packet_viewer": round(
+                    per_viewer * last["seconds"] / max(1, last["published_packets"]) * 1e6, 2
+                ),
+            }
+        contended = [s["viewers"] for s in steps if is_contended(s)]
         if contended:
             result["contended_steps"] = contended
             result["note"] = (
-                "other processes competed for the server core during these steps (server_runqueue_wait): "
+                "other processes competed for the server core or the load core during these steps "
+                "(server_core_foreign, load_runqueue_wait): "
                 "delays and drops there are pessimistic"
             )
+        joins = [
+            (s["rss_join_delta_kb"], s["joined_viewers"])
+            for s in steps
+            if s.get("attempt") == 1 and "rss_join_delta_kb" in s
+        ]
+        if joins and sum(n for _, n in joins):
+            # RSS growth across the joins (publisher paused) over the viewers that joined: memory per viewer
+            result["rss_join_per_viewer_kb"] = round(sum(d for d, _ in joins) / sum(n for _, n in joins), 1)
+        if self.join_probe is not None:
+            result["join_probe"] = self.join_probe
+        joined = [v for v in self.viewers if v.t_start and v.t_first]
+        if joined:
+            first = sorted((v.t_first - v.t_start) * 1000 for v in joined)
+            result["ramp_join_first_packet_ms"] = {
+                "p50": _r(percentile(first, 50)),
+                "p95": _r(percentile(first, 95)),
+                "batch": self.args.join_batch,
+            }
         result["floor_viewers"] = FLOOR_VIEWERS
         result["floor_met"] = bool(best and best["viewers"] >= FLOOR_VIEWERS)
         if self.join_failures:
             result["join_failure_examples"] = self.join_failures[:3]
         return {
             "benchmark": "fanout",
+            "server": self.name,
             "machine": machine_info(),
             "config": {
                 "quick": self.args.quick,
@@ -513,6 +665,17 @@ class Bench:
 
 
 _SERVER: dict = {}
+
+
+def is_contended(step: dict) -> bool:
+    """Other processes competed for the server core, or for the load generator's (whose loop latency is part of
+    the measured delay), during the window."""
+    if step.get("load_runqueue_wait", 0.0) > CONTENDED:
+        return True
+    foreign = step.get("server_core_foreign")
+    if foreign is not None:
+        return foreign > CONTENDED
+    return step["server_runqueue_wait"] > CONTENDED
 
 
 async def _collect_profile(profiler: tuple[subprocess.Popen, Path]) -> list[dict] | None:
@@ -555,7 +718,7 @@ def summary_line(report: dict) -> str:
         return f"fanout: max_viewers=0 at 2.5 Mbit/s on 1 core ({r['stopped_because']})"
     return (
         f"fanout: max_viewers={r['max_viewers']} at 2.5 Mbit/s on 1 core, p99_delay={r['p99_delay_ms']} ms, "
-        f"cpu_per_viewer={r['cpu_per_viewer_pct']} %, rss_per_viewer={r['rss_per_viewer_kb']} KB"
+        f"cpu_per_viewer={r['cpu_per_viewer_pct']} %, rss_per_viewer={r.get('rss_join_per_viewer_kb')} KB (joins)"
         f" (floor {r['floor_viewers']}: {'met' if r['floor_met'] else 'NOT met'}; stopped: {r['stopped_because']})"
     )
 
@@ -580,6 +743,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="re-measure a failed step this many times when other processes contended the server core",
     )
+    p.add_argument(
+        "--max-inconclusive",
+        type=int,
+        default=1,
+        help="failed steps in a row, every attempt with the server core contended, to go past before stopping",
+    )
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--load-core", type=int, default=1)
     p.add_argument(
@@ -587,6 +756,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="sample the server with py-spy during each window (top functions by self time)",
     )
+    p.add_argument(
+        "--probe-at", type=int, default=50, help="after the first step with at least this many viewers, time joins"
+    )
+    p.add_argument("--probe-joins", type=int, default=10, help="viewers joining one at a time in the join probe")
     p.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/fanout-*.json")
     args = p.parse_args(argv)
     if args.quick:
@@ -595,6 +768,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.budget = min(args.budget, 90.0)
     args.steps = sorted(set(args.steps or DEFAULT_STEPS))
     args.window = args.window or 10.0
+    args.probe_at = min(args.probe_at, max(args.steps))
     return args
 
 
@@ -617,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     proc = start_server(port, args.server_core, max_viewers, log_path)
     _SERVER["proc"] = proc
     try:
-        bench = Bench(args, proc.pid, f"http://127.0.0.1:{port}", clip)
+        bench = Bench(args, proc.pid, f"http://127.0.0.1:{port}", clip, proc)
         report = asyncio.run(asyncio.wait_for(bench.run(), args.budget + 120))
     finally:
         proc.terminate()

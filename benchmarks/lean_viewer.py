@@ -24,6 +24,7 @@ import os
 import random
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -41,6 +42,7 @@ AUDIO_FRAME_S = 0.020
 AUDIO_PAYLOAD_BYTES = 160  # 64 kbit/s Opus at 20 ms
 VIDEO_MTU_PAYLOAD = 1200
 VIDEO_SAMPLE_EVERY = 32
+AUDIO_TRACK_EVERY = 64  # outside measurement windows: keeps libsrtp's rollover-counter estimate in step
 CONNECT_TIMEOUT_S = 15.0
 HTTP_TIMEOUT_S = 15.0
 H264_FMTP = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
@@ -213,16 +215,35 @@ def build_schedule(clip: H264Clip, pacing_factor: float = 2.5) -> tuple[list[_Ev
 # --- SDP --------------------------------------------------------------------------------------------------------
 def build_offer(local: LocalParameters, direction: str, ssrcs: dict[str, int] | None = None) -> str:
     """A BUNDLEd audio+video offer (Opus PT 111, H.264 packetization-mode 1 PT 102), setup:actpass."""
+    return _build_sdp(local, direction, ssrcs, ("0", "1"), "actpass")
+
+
+def build_answer(local: LocalParameters, offer_text: str) -> str:
+    """A recvonly answer to a server's audio+video offer (Janus's streaming plugin): the offer's mids, our
+    Opus PT 111 / H.264 PT 102 (the offer must use them), setup:active (we are the DTLS client)."""
+    offer = sdp.parse(offer_text)
+    mids: dict[str, str] = {}
+    for section in offer.media:
+        if section.kind in ("audio", "video") and section.port != 0 and section.kind not in mids:
+            mids[section.kind] = section.mid or str(len(mids))
+    if set(mids) != {"audio", "video"}:
+        raise RuntimeError(f"offer without audio and video: {sorted(mids)}")
+    return _build_sdp(local, "recvonly", None, (mids["audio"], mids["video"]), "active")
+
+
+def _build_sdp(
+    local: LocalParameters, direction: str, ssrcs: dict[str, int] | None, mids: tuple[str, str], setup: str
+) -> str:
     ssrcs = ssrcs or {}
     lines = [
         "v=0",
         f"o=- {random.getrandbits(62)} 2 IN IP4 127.0.0.1",
         "s=-",
         "t=0 0",
-        "a=group:BUNDLE 0 1",
+        f"a=group:BUNDLE {mids[0]} {mids[1]}",
         "a=msid-semantic: WMS bench",
     ]
-    for mid, (kind, pt, rtpmap, extra) in enumerate(
+    for i, (kind, pt, rtpmap, extra) in enumerate(
         [
             ("audio", AUDIO_PT, "opus/48000/2", ["a=fmtp:111 minptime=10;useinbandfec=1"]),
             (
@@ -240,8 +261,8 @@ def build_offer(local: LocalParameters, direction: str, ssrcs: dict[str, int] | 
             f"a=ice-ufrag:{local.ice_ufrag}",
             f"a=ice-pwd:{local.ice_pwd}",
             f"a=fingerprint:sha-256 {local.fingerprint}",
-            "a=setup:actpass",
-            f"a=mid:{mid}",
+            f"a=setup:{setup}",
+            f"a=mid:{mids[i]}",
             f"a={direction}",
             "a=rtcp-mux",
             f"a=rtpmap:{pt} {rtpmap}",
@@ -249,7 +270,7 @@ def build_offer(local: LocalParameters, direction: str, ssrcs: dict[str, int] | 
         ]
         if kind in ssrcs:
             lines += [f"a=msid:bench bench-{kind}", f"a=ssrc:{ssrcs[kind]} cname:bench"]
-        if mid == 0:
+        if i == 0:
             lines += [f"a=candidate:{c}" for c in local.candidates]
             lines.append("a=end-of-candidates")
     return "\r\n".join(lines) + "\r\n"
@@ -292,6 +313,23 @@ async def _negotiate(
         location = resp.headers.get("Location", "")
     remote = parse_answer(body)
     transport.start(remote.ufrag, remote.pwd, remote.fingerprints, remote.dtls_role, remote.candidates)
+    await _wait_connected(transport, direction)
+    return location
+
+
+async def answer_offer(
+    transport: PeerTransport, offer_text: str, send_answer: Callable[[str], Awaitable[None]]
+) -> None:
+    """The other way round (Janus): answer the server's offer through ``send_answer``, then start ICE (we are
+    ICE-controlled) and DTLS as client, and wait until DTLS is up."""
+    local = await transport.gather()
+    remote = parse_answer(offer_text)
+    await send_answer(build_answer(local, offer_text))
+    transport.start(remote.ufrag, remote.pwd, remote.fingerprints, "client", remote.candidates)
+    await _wait_connected(transport, "recvonly")
+
+
+async def _wait_connected(transport: PeerTransport, direction: str) -> None:
     connected = asyncio.ensure_future(transport.connected.wait())
     failed = asyncio.ensure_future(transport.failed.wait())
     try:
@@ -303,7 +341,6 @@ async def _negotiate(
         raise RuntimeError(
             f"{direction} transport did not connect (ICE {transport.ice_state}, DTLS {transport.dtls_state})"
         )
-    return location
 
 
 # --- publisher --------------------------------------------------------------------------------------------------
@@ -404,7 +441,20 @@ class Recorder:
 class LeanViewer:
     """One WHEP viewer that counts what it receives and decrypts a sample."""
 
-    __slots__ = ("transport", "recorder", "audio", "video", "rtcp", "bytes", "early", "_srtp", "location")
+    __slots__ = (
+        "transport",
+        "recorder",
+        "audio",
+        "video",
+        "rtcp",
+        "bytes",
+        "early",
+        "_srtp",
+        "location",
+        "t_start",
+        "t_connected",
+        "t_first",
+    )
 
     def __init__(self, transport: PeerTransport, recorder: Recorder) -> None:
         self.transport = transport
@@ -416,6 +466,10 @@ class LeanViewer:
         self.early = 0  # packets that arrived through aiortc before the raw tap was installed
         self._srtp: pylibsrtp.Session | None = None
         self.location = ""
+        # join timing (time.monotonic()): signaling started, DTLS up, first RTP packet arrived
+        self.t_start = 0.0
+        self.t_connected = 0.0
+        self.t_first = 0.0
         transport.set_handlers(self._on_early_rtp, None)
 
     @property
@@ -424,6 +478,8 @@ class LeanViewer:
 
     def _on_early_rtp(self, data: bytes, arrival: float) -> None:
         self.early += 1
+        if not self.t_first:
+            self.t_first = time.monotonic()
         if (data[1] & 0x7F) == AUDIO_PT:
             self.audio += 1
         else:
@@ -431,7 +487,17 @@ class LeanViewer:
         self.bytes += len(data)
 
     async def connect(self, http: aiohttp.ClientSession, url: str) -> None:
+        """WHEP: we offer, the server answers."""
+        self.t_start = self.t_start or time.monotonic()
         self.location = await _negotiate(http, url, self.transport, "recvonly", None)
+        self.t_connected = time.monotonic()
+        self._srtp = self.transport.tap_datagrams(self._datagram)
+
+    async def accept_offer(self, offer_text: str, send_answer: Callable[[str], Awaitable[None]]) -> None:
+        """The server offers (Janus's streaming plugin), we answer through ``send_answer``."""
+        self.t_start = self.t_start or time.monotonic()
+        await answer_offer(self.transport, offer_text, send_answer)
+        self.t_connected = time.monotonic()
         self._srtp = self.transport.tap_datagrams(self._datagram)
 
     def _datagram(self, data: bytes, addr: tuple) -> bool:
@@ -443,10 +509,15 @@ class LeanViewer:
             self.rtcp += 1  # sender reports
             return True
         self.bytes += len(data)
+        if not self.t_first:
+            self.t_first = time.monotonic()
         if (b1 & 0x7F) == AUDIO_PT:
             self.audio += 1
             rec = self.recorder
-            if rec.active:
+            # Outside the windows every AUDIO_TRACK_EVERY-th packet (the first one included) is decrypted too:
+            # libsrtp infers the rollover counter from the packets it has seen, so a stream whose first decrypted
+            # packet came after its 16-bit sequence number wrapped would fail every decryption from then on.
+            if rec.active or self.audio % AUDIO_TRACK_EVERY == 1:
                 arrival = time.monotonic_ns()
                 try:
                     plain = self._srtp.unprotect(data)  # type: ignore[union-attr]
@@ -454,13 +525,15 @@ class LeanViewer:
                     rec.decrypt_failures += 1
                     return True
                 rec.decrypt_ok += 1
+                if not rec.active:
+                    return True
                 off = 12 + 4 * (plain[0] & 0x0F)
                 if plain[0] & 0x10:
                     off += 4 + 4 * int.from_bytes(plain[off + 2 : off + 4], "big")
                 rec.delays_ns.append(arrival - _SEND_TIME.unpack_from(plain, off)[0])
             return True
         self.video += 1
-        if self.video % VIDEO_SAMPLE_EVERY == 0:
+        if self.video % VIDEO_SAMPLE_EVERY == 1:  # the first packet included (see AUDIO_TRACK_EVERY)
             try:
                 self._srtp.unprotect(data)  # type: ignore[union-attr]
                 self.recorder.decrypt_ok += 1

@@ -11,7 +11,7 @@ if [ "$want_test" = 1 ]; then
   missing=()
   for pkg in chromium chromium-driver fonts-liberation nginx-light redis-server iproute2 nftables \
       gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
-      gstreamer1.0-libav gstreamer1.0-nice python3-gi gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1; do
+      gstreamer1.0-libav gstreamer1.0-nice python3-gi gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1 janus; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   # npm: machines of this kind ship it with their Node.js (whose package conflicts with Debian's npm)
@@ -21,6 +21,12 @@ if [ "$want_test" = 1 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+  # janus is only for benchmarks/vs_janus.py, which starts it with its own config bound to 127.0.0.1. On a
+  # machine with systemd the package enables its service with the stock /etc/janus config (all interfaces): off.
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    if [ "$(id -u)" = 0 ]; then systemctl disable --now janus.service >/dev/null 2>&1 || true
+    else sudo systemctl disable --now janus.service >/dev/null 2>&1 || true; fi
   fi
 fi
 

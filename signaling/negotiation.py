@@ -216,10 +216,16 @@ def plan_viewer(
             raise SdpUnsupported(f"no supported {section.kind} codec offered (offered: {names})")
         answer_codecs: list[Codec] = []
         plan = MediaPlan(kind=section.kind, mid=section.mid or "", codec=chosen[0])
+        extmaps: dict[int, str] = {}
+        abs_id = next((i for i, uri in section.extmaps.items() if uri == ABS_SEND_TIME_URI), None)
+        remb = section.kind == "video" and abs_id is not None and "goog-remb" in chosen[0].feedback
+        if remb:
+            extmaps[abs_id] = ABS_SEND_TIME_URI
+            plan.abs_send_time_id = abs_id
         for c in chosen:
             c = copy.deepcopy(c)
             if section.kind == "video":
-                c.feedback = [fb for fb in c.feedback if fb in VIDEO_FEEDBACK]
+                c.feedback = [fb for fb in c.feedback if fb in VIDEO_FEEDBACK or (remb and fb == "goog-remb")]
                 plan.feedback.update(c.feedback)
             else:
                 c.feedback = []
@@ -230,7 +236,8 @@ def plan_viewer(
                 answer_codecs.append(copy.deepcopy(rtx))
                 plan.rtx_payload_types[c.payload_type] = rtx.payload_type
         out.append(
-            (AnswerSection(section, accepted=True, direction="sendonly", codecs=answer_codecs), plan)
+            (AnswerSection(section, accepted=True, direction="sendonly", codecs=answer_codecs, extmaps=extmaps),
+             plan)
         )
     return out
 

@@ -71,6 +71,13 @@ class NodeMetrics:
             buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0),
             registry=r,
         )
+        self.remb_received = Counter(
+            "webrtc_cast_remb_received", "Bandwidth estimates (RTCP REMB) received from viewers", registry=r
+        )
+        self.automatic_layer_changes = Counter(
+            "webrtc_cast_automatic_layer_changes", "Automatic layer-cap changes per viewer, by direction (down, up) "
+            "and the signal that decided it (remb, loss)", ["direction", "signal"], registry=r,
+        )
 
         self.chat_connections = Gauge("webrtc_cast_chat_connections", "Open chat WebSockets", registry=r)
         self.chat_messages = Counter(

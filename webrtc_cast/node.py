@@ -161,6 +161,7 @@ class Node:
                     plan.rtx_payload_types,
                     random_ssrc() if plan.rtx_payload_types else None,
                 )
+                fwd.abs_send_time_id = plan.abs_send_time_id or 0
                 viewer.forwarders[plan.kind] = fwd
                 answer_section.send = sdp.SendStream(
                     stream_id=stream, track_id=f"{stream}-{plan.kind}", ssrc=fwd.ssrc, cname=viewer.cname,

@@ -64,6 +64,7 @@ SAMPLE_S = 0.5
 ADAPT_DOWN_MAX_S = 6.0
 ADAPT_UP_MAX_S = 25.0
 MAX_GAP_S = 1.0
+QUEUE_LATENCY_MS = 200  # the tbf queue's longest wait before it drops (a modest home-router buffer)
 CMD_TIMEOUT_S = 10.0
 
 
@@ -93,7 +94,14 @@ class Link:
     def _nft(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run("ip", "netns", "exec", self.netns, "nft", *args, stdin=stdin, check=check)
 
-    def limit(self, kbytes: int) -> None:
+    def limit(self, kbytes: int, kind: str = "police") -> None:
+        """``police``: an nftables policer in the viewer's namespace drops what exceeds the rate (no queue: only
+        loss tells). ``queue``: a tbf qdisc on the server's end of the veth queues up to QUEUE_LATENCY_MS, then
+        drops — a bottleneck link with a buffer, where delay grows before anything is lost (REMB sees it)."""
+        if kind == "queue":
+            _run("tc", "qdisc", "replace", "dev", self.host_if, "root", "tbf", "rate", f"{kbytes * 8}kbit",
+                 "burst", "6000", "latency", f"{QUEUE_LATENCY_MS}ms")
+            return
         ruleset = (
             "table inet wcast_bw {\n"
             "  chain limited_in {\n"
@@ -106,7 +114,11 @@ class Link:
         self._nft("-f", "-", stdin=ruleset)
 
     def dropped(self) -> int | None:
+        """Packets the limit dropped (policer counter, or the qdisc's drops)."""
         try:
+            qdisc = _run("tc", "-s", "qdisc", "show", "dev", self.host_if).stdout
+            if "tbf" in qdisc:
+                return int(qdisc.split("dropped", 1)[1].split()[0].rstrip(","))
             out = self._nft("list", "table", "inet", "wcast_bw").stdout
             return int(out.split("packets", 1)[1].split()[0])
         except (subprocess.SubprocessError, OSError, IndexError, ValueError):
@@ -114,6 +126,7 @@ class Link:
 
     def unlimit(self) -> None:
         self._nft("delete", "table", "inet", "wcast_bw", check=False)
+        _run("tc", "qdisc", "del", "dev", self.host_if, "root", check=False)
 
 
 def _pick_subnet() -> tuple[str, str]:
@@ -134,7 +147,7 @@ def link() -> Iterator[Link]:
         _unavailable("network namespaces need Linux")
     if os.geteuid() != 0:
         _unavailable("network namespaces need root")
-    missing = [tool for tool in ("ip", "nft") if shutil.which(tool) is None]
+    missing = [tool for tool in ("ip", "nft", "tc") if shutil.which(tool) is None]
     if missing:
         _unavailable(f"{', '.join(missing)} not found (apt-get install -y iproute2 nftables)")
     tag = f"wbw{os.getpid() % 1_000_000}"
@@ -160,6 +173,11 @@ def link() -> Iterator[Link]:
             lk.limit(LIMIT_KBYTES)
         except subprocess.CalledProcessError as exc:
             _unavailable(f"nftables cannot install the rate limit: {exc.stderr.strip()}")
+        lk.unlimit()
+        try:
+            lk.limit(LIMIT_KBYTES, "queue")
+        except subprocess.CalledProcessError as exc:
+            _unavailable(f"tc cannot install a tbf queue: {exc.stderr.strip()}")
         lk.unlimit()
         yield lk
     finally:
@@ -196,6 +214,15 @@ async def _wait_for(predicate, timeout: float, what: str, alive=None) -> None:  
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def _metric(base: str, name: str) -> float:
+    """A sample's value from /metrics (0 when absent), e.g. ``name{label="x"}``."""
+    with _HTTP.open(f"{base}/metrics", timeout=2) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    return 0.0
+
+
 def _server_layer(health: dict) -> str:
     """The rids of the video layers the server has the viewer on (two during a switch: current and target)."""
     layers = health["broadcasts"][STREAM]["layers"]
@@ -227,15 +254,14 @@ def _wrapper(directory: Path, netns: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- the test
-async def test_viewer_behind_a_limit_drops_a_layer_and_climbs_back(link: Link, tmp_path: Path) -> None:
-    """Measured on the 2-core VM this was written on (5 runs, Chromium 156, ~20 fps from the fake camera):
+@pytest.mark.parametrize("kind", ["queue", "police"])
+async def test_viewer_behind_a_limit_drops_a_layer_and_climbs_back(link: Link, tmp_path: Path, kind: str) -> None:
+    """A Chromium viewer on h; LIMIT_KBYTES for LIMIT_S seconds; then no limit until it is back on h.
 
-    - adapt down (limit on → first lower-layer frame): 1.55-2.1 s. The selector lowers one layer per lossy
-      receiver report, and the report after the first step still carries the old layer's loss, so the viewer
-      lands on l (two steps), not m.
-    - frames keep coming: largest gap 0.16-0.36 s from the move down to the end; the viewer sat on a lower layer
-      for 84-90 % of the limited time (a probe back to h after the 5 s hold fails and doubles the hold to 10 s).
-    - adapt up (limit off → first h frame): 19.2-20.5 s — two rises (l → m → h) of the doubled 10 s hold each.
+    ``queue`` (a tbf bottleneck with a 200 ms buffer): delay builds before loss, Chromium's REMB falls, and the
+    server must move the viewer down on the estimate (the metric of REMB-driven changes is checked).
+    ``police`` (an nftables policer, no buffer): nothing queues; loss in the receiver reports moves it down.
+    The timeline and a JSON summary are printed; docs/simulcast.md records measured runs.
     """
     host = link.host_ip
     port = _free_port(host)
@@ -313,7 +339,7 @@ async def test_viewer_behind_a_limit_drops_a_layer_and_climbs_back(link: Link, t
             while time.time() < deadline:
                 now = time.time()
                 if t_limit is None and now - t0 >= BASE_S:
-                    link.limit(LIMIT_KBYTES)
+                    link.limit(LIMIT_KBYTES, kind)
                     t_limit = time.time()
                 if t_limit is not None and t_lift is None and now - t_limit >= LIMIT_S:
                     dropped = link.dropped()
@@ -338,6 +364,9 @@ async def test_viewer_behind_a_limit_drops_a_layer_and_climbs_back(link: Link, t
                         back_on_top_since = None
                 await asyncio.sleep(max(0.0, SAMPLE_S - (time.time() - now)))
             frames.extend(await viewer.evaluate(FRAMES_SINCE, len(frames)))
+            remb_down = _metric(base, 'webrtc_cast_automatic_layer_changes_total{direction="down",signal="remb"}')
+            loss_down = _metric(base, 'webrtc_cast_automatic_layer_changes_total{direction="down",signal="loss"}')
+            rembs = _metric(base, "webrtc_cast_remb_received_total")
     finally:
         link.unlimit()
         if server.poll() is None:
@@ -398,10 +427,18 @@ async def test_viewer_behind_a_limit_drops_a_layer_and_climbs_back(link: Link, t
         "chromium_freezes_after_limit": freezes_during,
         "frames": len(frames_s),
         "dropped_by_limit": dropped,
+        "limit": kind,
+        "down_changes_by_remb": remb_down,
+        "down_changes_by_loss": loss_down,
+        "rembs_received": rembs,
     }
     print("bandwidth adaptation:", json.dumps(summary))
 
-    assert dropped is None or dropped > 0, "the limit dropped nothing: the viewer's media did not cross the veth"
+    assert rembs > 0, f"Chromium sent no REMB (goog-remb + abs-send-time are answered): {summary}"
+    if kind == "queue":
+        assert remb_down >= 1, f"the bandwidth estimate did not move the viewer down: {summary}"
+    else:
+        assert dropped is None or dropped > 0, "the limit dropped nothing: the media did not cross the veth"
     assert adapt_down <= ADAPT_DOWN_MAX_S, summary
     assert lower_share >= 0.7, f"the viewer did not settle on a lower layer while limited: {summary}"
     assert max_gap <= MAX_GAP_S, f"frames stopped for {max_gap:.2f} s: {summary}"

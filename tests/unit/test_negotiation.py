@@ -231,7 +231,11 @@ def test_viewer_not_live_gets_one_entry_per_supported_codec() -> None:
     assert plan.payload_types == {"VP8": 96, "H264": 106}
     assert plan.rtx_payload_types == {96: 97, 106: 107}
     assert plan.codec.key == "VP8"
-    assert all(fb in ("nack", "nack pli", "ccm fir") for c in answer.codecs for fb in c.feedback)
+    # REMB (goog-remb with the offer's abs-send-time id) drives automatic layer choice; transport-cc is not answered
+    assert all(fb in ("nack", "nack pli", "ccm fir", "goog-remb") for c in answer.codecs for fb in c.feedback)
+    assert "goog-remb" in answer.codecs[0].feedback
+    assert answer.extmaps == {2: "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"}
+    assert plan.abs_send_time_id == 2
     audio_answer, audio_plan = planned[0]
     assert audio_plan.payload_types == {"OPUS": 111} and audio_answer.codecs[0].feedback == []
 
@@ -366,3 +370,11 @@ def test_fuzz_negotiation_raises_only_sdp_errors(text: str) -> None:
             parse(write_answer(1, transport, [a for a, _ in planned]))
     except (SdpError, SdpUnsupported):
         pass
+
+
+def test_viewer_without_abs_send_time_gets_no_remb() -> None:
+    """REMB without abs-send-time would be an estimate from RTP timestamps alone; we answer neither."""
+    offer = "\n".join(x for x in chrome_viewer_offer().splitlines() if "abs-send-time" not in x) + "\n"
+    answer, plan = video_plan(plan_viewer(parse(offer), {}))
+    assert not any("goog-remb" in c.feedback for c in answer.codecs)
+    assert answer.extmaps == {} and plan.abs_send_time_id is None

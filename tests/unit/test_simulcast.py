@@ -93,9 +93,11 @@ def rid_packet(rid: str, ssrc: int, seq: int, ts: int, payload: bytes, with_rid:
 class Out:
     def __init__(self) -> None:
         self.sent: list[tuple[int, int, int]] = []  # (seq, ts, payload first byte)
+        self.headers: list[tuple[int, bytes]] = []  # (first byte, extension block)
 
-    def __call__(self, payload, b0, b1, seq, ts, ssrc) -> bool:  # noqa: ANN001
+    def __call__(self, payload, b0, b1, seq, ts, ssrc, ext) -> bool:  # noqa: ANN001
         self.sent.append((seq, ts, bytes(payload)[0]))
+        self.headers.append((b0, ext))
         return True
 
 
@@ -188,3 +190,20 @@ def test_a_layer_choice_before_the_viewer_is_connected_waits_for_attachment():
     b.add_forwarder(fwd, 0.0)
     b.on_rtp(rid_packet("l", 1, 11, 3000, SPS_STAP_A), 0.1)
     assert fwd.current_layer == "video/l" and len(out.sent) == 1
+
+
+def test_viewers_that_negotiated_abs_send_time_get_our_send_time_in_their_extension_id():
+    """Chrome's receive-side estimator (REMB) needs abs-send-time on every video packet; others get no block."""
+    b = simulcast_broadcast()
+    stamped, stamped_out = viewer(b, "h")
+    stamped.abs_send_time_id = 3
+    plain, plain_out = viewer(b, "h")
+    for i, now in enumerate((10.0, 10.5)):
+        b.on_rtp(rid_packet("h", 3, 100 + i, 3000 * i, SPS_STAP_A if i == 0 else P_FRAME), now)
+    assert [ext for _, ext in plain_out.headers] == [b"", b""]
+    assert all(b0 & 0x10 == 0 for b0, _ in plain_out.headers)
+    times = []
+    for b0, ext in stamped_out.headers:
+        assert b0 & 0x10 and ext[:4] == bytes.fromhex("bede0001") and ext[4] == (3 << 4) | 2 and len(ext) == 8
+        times.append(int.from_bytes(ext[5:8], "big"))
+    assert times == [int(10.0 * 2**18) & 0xFFFFFF, int(10.5 * 2**18) & 0xFFFFFF]  # 6.18 fixed-point seconds

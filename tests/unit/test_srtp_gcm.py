@@ -32,6 +32,23 @@ def test_libsrtp_decrypts_what_we_protect(key_len, profile):
 
 
 @pytest.mark.parametrize(("key_len", "profile"), PROFILES)
+def test_header_extensions_are_authenticated_not_encrypted(key_len, profile):
+    """Forwarded video carries an abs-send-time extension: libsrtp must see it as part of the header (AAD)."""
+    key, salt = os.urandom(key_len), os.urandom(12)
+    ours, theirs = GcmProtector(key, salt), receiver(key, salt, profile)
+    ext = bytes.fromhex("bede0001") + bytes([(3 << 4) | 2, 0x12, 0x34, 0x56])
+    for seq in range(7, 27):
+        base = build(96, seq, seq * 3000, 0xCAFE0001, os.urandom(900), marker=seq % 5 == 0)
+        plain = bytes([base[0] | 0x10]) + base[1:12] + ext + base[12:]
+        sealed = ours.protect(plain)
+        assert sealed[:20] == plain[:20]  # header and extension travel in the clear
+        assert theirs.unprotect(sealed) == plain
+        # the hot path's split form gives the same bytes
+        split = GcmProtector(key, salt).protect_parts(plain[:20], memoryview(plain)[20:], seq, 0xCAFE0001)
+        assert plain[:20] + split == sealed
+
+
+@pytest.mark.parametrize(("key_len", "profile"), PROFILES)
 def test_sequence_wrap_advances_the_rollover_counter(key_len, profile):
     key, salt = os.urandom(key_len), os.urandom(12)
     ours, theirs = GcmProtector(key, salt), receiver(key, salt, profile)

@@ -41,13 +41,13 @@ class GcmProtector:
             raise ValueError("AEAD_AES_GCM needs a 128/256-bit master key and a 96-bit master salt")
         self._aead = AESGCM(derive(master_key, master_salt, LABEL_RTP_ENCRYPTION, len(master_key)))
         self._salt = int.from_bytes(derive(master_key, master_salt, LABEL_RTP_SALT, 12), "big")
-        self._rollover: dict[int, tuple[int, int]] = {}  # ssrc -> (highest seq sent, rollover counter)
+        self._rollover: dict[int, list[int]] = {}  # ssrc -> [highest seq sent, rollover counter]
 
     def _roc(self, ssrc: int, seq: int) -> int:
         """The rollover counter for this packet (RFC 3711 §3.3.1 index estimation, sender side)."""
         state = self._rollover.get(ssrc)
         if state is None:
-            self._rollover[ssrc] = (seq, 0)
+            self._rollover[ssrc] = [seq, 0]
             return 0
         highest, roc = state
         delta = seq - highest
@@ -55,19 +55,31 @@ class GcmProtector:
             return roc - 1 if roc > 0 else 0
         if delta < -0x8000:  # wrapped forward
             roc += 1
-            self._rollover[ssrc] = (seq, roc)
+            state[0], state[1] = seq, roc
             return roc
         if delta > 0:
-            self._rollover[ssrc] = (seq, roc)
+            state[0] = seq
         return roc
 
     def protect_parts(self, header: bytes, payload: bytes | memoryview, seq: int, ssrc: int) -> bytes:
-        """Ciphertext plus tag for a packet whose 12-byte header (no CSRC, no extension) is ``header``."""
-        iv = (self._salt ^ ((ssrc << 48) | (self._roc(ssrc, seq) << 16) | seq)).to_bytes(12, "big")
+        """Ciphertext plus tag for a packet whose whole RTP header (fixed part and any extension block; the AAD of
+        RFC 7714 §9.1) is ``header``."""
+        state = self._rollover.get(ssrc)
+        if state is not None and 0 < seq - state[0] <= 0x8000:  # the next packet of a running stream: _roc inlined
+            state[0] = seq
+            roc = state[1]
+        else:
+            roc = self._roc(ssrc, seq)
+        iv = (self._salt ^ ((ssrc << 48) | (roc << 16) | seq)).to_bytes(12, "big")
         return self._aead.encrypt(iv, payload, header)
 
     def protect(self, packet: bytes) -> bytes:
-        """A whole plain RTP packet (12-byte header) → SRTP."""
+        """A whole plain RTP packet → SRTP (the header, CSRCs and extension block included, is the AAD)."""
         seq, ssrc = struct.unpack_from("!H", packet, 2)[0], struct.unpack_from("!I", packet, 8)[0]
-        header = packet[:12]
-        return header + self.protect_parts(header, memoryview(packet)[12:], seq, ssrc)
+        end = 12 + 4 * (packet[0] & 0x0F)
+        if packet[0] & 0x10:
+            end += 4 + 4 * struct.unpack_from("!H", packet, end + 2)[0]
+        if end > len(packet):
+            raise ValueError("RTP header overruns the packet")
+        header = packet[:end]
+        return header + self.protect_parts(header, memoryview(packet)[end:], seq, ssrc)

@@ -42,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 RtpHandler = Callable[[bytes, float], None]
 RtcpHandler = Callable[[bytes], None]
-# The forwarding hot path: (payload view, first byte, second byte, sequence, timestamp, ssrc) -> sent?
-RtpSink = Callable[[memoryview, int, int, int, int, int], bool]
+# The forwarding hot path: (payload view, first byte, second byte, sequence, timestamp, ssrc, header extension
+# block) -> sent? The extension block (b"" for none) is written after the 12-byte header; the caller sets the X bit.
+RtpSink = Callable[[memoryview, int, int, int, int, int, bytes], bool]
 
 # One scratch buffer for every outbound packet of the process (the hot path is single-threaded): the new RTP
 # header and the payload are written into it, protected in place by libsrtp, and sent from it. No bytes object
@@ -64,12 +65,14 @@ def _make_sink(srtp_session: pylibsrtp.Session, sock: socket.socket, addr: tuple
     pack_into = _RTP_HEADER.pack_into
     view, buf, len_p, limit = _SCRATCH_VIEW, _SCRATCH, _SCRATCH_LEN, _MAX_PLAINTEXT
 
-    def sink(payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int) -> bool:
-        n = 12 + len(payload)
+    def sink(payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int, ext: bytes) -> bool:
+        h = 12 + len(ext)
+        n = h + len(payload)
         if n > limit:
             return False
         pack_into(view, 0, b0, b1, seq, ts, ssrc)
-        view[12:n] = payload
+        view[12:h] = ext
+        view[h:n] = payload
         len_p[0] = n
         if protect(ctx, buf, len_p) != ok:
             return False
@@ -84,13 +87,15 @@ def _make_sink(srtp_session: pylibsrtp.Session, sock: socket.socket, addr: tuple
 
 def _make_gcm_sink(gcm: GcmProtector, sock: socket.socket, addr: tuple) -> RtpSink:  # type: ignore[type-arg]
     protect_parts = gcm.protect_parts
-    sendmsg = sock.sendmsg
+    sendto = sock.sendto
     pack = _RTP_HEADER.pack
 
-    def sink(payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int) -> bool:
-        header = pack(b0, b1, seq, ts, ssrc)
+    def sink(payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int, ext: bytes) -> bool:
+        header = pack(b0, b1, seq, ts, ssrc) + ext if ext else pack(b0, b1, seq, ts, ssrc)
         try:
-            sendmsg((header, protect_parts(header, payload, seq, ssrc)), (), 0, addr)
+            # one sendto of header + ciphertext: on this machine the concatenation (~0.1 µs for 1.2 KB) plus
+            # sendto is ~0.3 µs cheaper than sendmsg of the two parts (benchmarks/hot_path.py)
+            sendto(header + protect_parts(header, payload, seq, ssrc), addr)
         except OSError:
             return False
         return True

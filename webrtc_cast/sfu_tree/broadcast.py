@@ -11,6 +11,7 @@ forwarders (map, then the adapter's sink writes, protects and sends). No await p
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ from webrtc_cast.sfu_tree.keyframe_requests import KeyframeRequests
 from webrtc_cast.sfu_tree.layer_buffer import LayerBuffer, Packet
 
 logger = logging.getLogger(__name__)
+
+_ABS_SEND_TIME_BLOCK = struct.Struct("!II").pack  # 0xBEDE, length 1 word; id << 4 | (3 - 1), 24-bit time
 
 SWITCH_RETRY = 1.0  # seconds a layer switch waits for the target's keyframe before asking again
 
@@ -228,10 +231,21 @@ class Broadcast:
         b0 = 0xA0 if hdr.padding else 0x80
         marker = 0x80 if hdr.marker else 0
         key = track.key
+        # abs-send-time (6.18 fixed-point seconds, 24 bits): one value per packet, stamped for viewers that
+        # negotiated it, as a one-byte-header extension block (RFC 8285) whose id is the viewer's own
+        send_time = (int(now * 262144) & 0xFFFFFF) | 0x02000000
         sent = 0
         for fwd in track.forwarders:
             mapped = fwd.map(pkt, keyframe, now, key)
-            if mapped is not None and fwd.sink(payload, b0, fwd.out_pt | marker, mapped[0], mapped[1], fwd.ssrc):
+            if mapped is None:
+                continue
+            ext_id = fwd.abs_send_time_id
+            if ext_id:
+                ok = fwd.sink(payload, b0 | 0x10, fwd.out_pt | marker, mapped[0], mapped[1], fwd.ssrc,
+                              _ABS_SEND_TIME_BLOCK(0xBEDE0001, (ext_id << 28) | send_time))
+            else:
+                ok = fwd.sink(payload, b0, fwd.out_pt | marker, mapped[0], mapped[1], fwd.ssrc, b"")
+            if ok:
                 fwd.sent_packets += 1
                 fwd.sent_octets += size
                 sent += 1
@@ -275,21 +289,29 @@ class Broadcast:
         """The layer a forwarder should take: its pinned rid if that layer exists, else the best one allowed."""
         if fwd.kind != "video":
             return self.tracks.get(fwd.kind)
-        layers = [t for t in self.video_layers() if t.active or not any(x.active for x in self.tracks.values())]
-        if not layers:
-            layers = self.video_layers()
-        if not layers:
-            return None
+        layers = self._live_video_layers()
         if fwd.pinned_rid is not None:
             for t in layers:
                 if t.rid == fwd.pinned_rid:
                     return t
-        allowed = [t for t in layers if fwd.max_height is None or t.height is None or t.height <= fwd.max_height]
-        allowed = allowed or layers[:1]
-        if fwd.max_bitrate is not None:
-            fitting = [t for t in allowed if t.bitrate <= fwd.max_bitrate]
-            allowed = fitting or allowed[:1]
+        allowed = self._allowed(fwd, layers)
+        if not allowed:
+            return None
         return allowed[max(0, len(allowed) - 1 - fwd.layer_cap)]
+
+    def automatic_layers(self, fwd: Forwarder) -> list[SourceTrack]:
+        """The layers automatic selection chooses among for this viewer (smallest first; ``layer_cap`` counts
+        down from the last)."""
+        return self._allowed(fwd, self._live_video_layers())
+
+    def _live_video_layers(self) -> list[SourceTrack]:
+        layers = [t for t in self.video_layers() if t.active or not any(x.active for x in self.tracks.values())]
+        return layers or self.video_layers()
+
+    @staticmethod
+    def _allowed(fwd: Forwarder, layers: list[SourceTrack]) -> list[SourceTrack]:
+        allowed = [t for t in layers if fwd.max_height is None or t.height is None or t.height <= fwd.max_height]
+        return allowed or layers[:1]
 
     def _resubscribe(self, fwd: Forwarder, now: float, publisher_restart: bool = False) -> None:
         """Point the forwarder at the layer it should take (a switch completes at that layer's keyframe)."""

@@ -28,7 +28,7 @@ class Forwarder:
         "needs_keyframe",
         "waiting_keyframe",
         "_source_codec",
-        "_out_pt",
+        "out_pt",
         "_rtx_pt",
         "_rtx_seq",
         "packets",
@@ -44,10 +44,10 @@ class Forwarder:
         "target_layer",
         "pinned_rid",
         "max_height",
-        "max_bitrate",
         "layer_cap",
         "switch_since",
         "on_switch",
+        "abs_send_time_id",
     )
 
     def __init__(
@@ -68,7 +68,10 @@ class Forwarder:
         self.needs_keyframe = kind == "video"
         self.waiting_keyframe = self.needs_keyframe
         self._source_codec: str | None = None
-        self._out_pt: int | None = None
+        # the viewer's payload type for the publisher's current codec (None: not negotiated). A plain attribute,
+        # not a property: the hot loop (Broadcast.on_rtp) reads it once per packet per viewer. Set it only
+        # through set_source_codec.
+        self.out_pt: int | None = None
         self._rtx_pt: int | None = None
         self._rtx_seq = 0
         self.packets = 0
@@ -86,26 +89,23 @@ class Forwarder:
         self.target_layer: str | None = None
         self.pinned_rid: str | None = None  # the viewer's manual choice; None = automatic
         self.max_height: int | None = None  # automatic selection never goes above this
-        self.max_bitrate: float | None = None  # ... nor above the viewer's estimated bandwidth
         self.switch_since: float | None = None  # when the pending switch asked for its keyframe
-        self.layer_cap = 0  # ... and stays this many layers below the top (LayerSelector, from loss reports)
+        self.layer_cap = 0  # ... and stays this many layers below the top (LayerSelector: loss and REMB)
         self.on_switch = None  # Callable[[Forwarder, old layer, new layer], None], set by the Broadcast
+        # the viewer's abs-send-time extension id (0: not negotiated): video packets then carry our send time,
+        # from which the viewer's receive-side estimator computes the REMB that drives automatic layer choice
+        self.abs_send_time_id = 0
 
     def set_source_codec(self, codec_key: str) -> bool:
         """The publisher's codec for this track. False if this viewer did not negotiate it."""
         if codec_key == self._source_codec:
-            return self._out_pt is not None
+            return self.out_pt is not None
         self._source_codec = codec_key
-        self._out_pt = self.payload_types.get(codec_key)
-        self._rtx_pt = self.rtx_payload_types.get(self._out_pt) if self._out_pt is not None else None
+        self.out_pt = self.payload_types.get(codec_key)
+        self._rtx_pt = self.rtx_payload_types.get(self.out_pt) if self.out_pt is not None else None
         if self.needs_keyframe:
             self.waiting_keyframe = True
-        return self._out_pt is not None
-
-    @property
-    def out_pt(self) -> int | None:
-        """The viewer's payload type for the publisher's current codec."""
-        return self._out_pt
+        return self.out_pt is not None
 
     def source_restarted(self) -> None:
         """The publisher reconnected (possibly reusing its SSRC): start a new epoch at its next keyframe."""
@@ -118,7 +118,7 @@ class Forwarder:
         mapped = self.map(pkt, keyframe, now, layer)
         if mapped is None:
             return None
-        return rewrite(pkt[0], pkt[1], self._out_pt, mapped[0], mapped[1], self.ssrc)  # type: ignore[arg-type]
+        return rewrite(pkt[0], pkt[1], self.out_pt, mapped[0], mapped[1], self.ssrc)  # type: ignore[arg-type]
 
     def map(self, pkt: Packet, keyframe: bool, now: float, layer: str | None = None) -> tuple[int, int] | None:
         """The viewer's (sequence number, timestamp) for this packet, or None when it is not forwarded.
@@ -129,13 +129,14 @@ class Forwarder:
         The decision half of :meth:`forward`; the hot path writes the header itself (see Broadcast.on_rtp).
         """
         data, header, ext_seq = pkt
-        if self._out_pt is None:
+        if self.out_pt is None:
             self.dropped_no_codec += 1
             return None
         munger = self.munger
         if layer is None:
             layer = self.target_layer
-        if layer != self.current_layer or header.ssrc != munger.source_ssrc or self.waiting_keyframe:
+        # munger._ssrc is Munger.source_ssrc without the property call (once per packet per viewer)
+        if layer != self.current_layer or header.ssrc != munger._ssrc or self.waiting_keyframe:
             # not what is being forwarded now: only the target layer's keyframe (any packet for audio) switches
             if layer != self.target_layer or (self.needs_keyframe and not keyframe):
                 return None
@@ -174,7 +175,7 @@ class Forwarder:
             pkt is None
             or pkt[1].ssrc != self.munger.source_ssrc
             or pkt[2] < self.munger.epoch_first_seq
-            or self._out_pt is None
+            or self.out_pt is None
         ):
             self.nack_misses += 1
             return None
@@ -190,4 +191,4 @@ class Forwarder:
                 + _OSN.pack(out_seq)
                 + data[header.payload_offset : end]
             )
-        return rewrite(data, header, self._out_pt, out_seq, out_ts, self.ssrc)
+        return rewrite(data, header, self.out_pt, out_seq, out_ts, self.ssrc)

@@ -165,6 +165,8 @@ class ViewerSession(Session):
                 self._repair(pkt)
             elif isinstance(pkt, rtcp.ReceiverReport | rtcp.SenderReport):
                 self._on_reports(pkt.reports, now)
+            elif isinstance(pkt, rtcp.Remb):
+                self._on_estimate(pkt, now)
             elif isinstance(pkt, rtcp.Pli | rtcp.Fir):
                 self.metrics.keyframe_requests.inc()
                 targets = [pkt.media_ssrc] if isinstance(pkt, rtcp.Pli) else [ssrc for ssrc, _ in pkt.entries]
@@ -182,9 +184,31 @@ class ViewerSession(Session):
             if block.ssrc == video.ssrc:
                 self.loss = block.fraction_lost / 256
                 layers = len(self.broadcast.video_layers())
+                before = self.selector.cap
                 if self.selector.on_loss(self.loss, now, layers):
-                    video.layer_cap = self.selector.cap
-                    self.broadcast.reselect(video, now)
+                    self._apply_cap(video, before, "loss", now)
+
+    def _on_estimate(self, remb: rtcp.Remb, now: float) -> None:
+        """A REMB from the viewer (its receive-side estimate for the SSRCs it lists): automatic selection."""
+        self.metrics.remb_received.inc()
+        video = self.forwarders.get("video")
+        if video is None or (remb.ssrcs and video.ssrc not in remb.ssrcs):
+            return
+        layers = self.broadcast.automatic_layers(video)
+        wanted = video.target_layer or video.current_layer
+        current = next((i for i, t in enumerate(layers) if t.key == wanted), len(layers) - 1 - self.selector.cap)
+        before = self.selector.cap
+        if self.selector.on_estimate(remb.bitrate, now, [t.bitrate for t in layers], current):
+            self._apply_cap(video, before, "remb", now)
+
+    def _apply_cap(self, video: Forwarder, before: int, signal: str, now: float) -> None:
+        direction = "down" if self.selector.cap > before else "up"
+        self.metrics.automatic_layer_changes.labels(direction, signal).inc()
+        logger.debug("viewer %s: layer cap %d -> %d (%s; estimate %s, loss %.3f)", self.id[:8], before,
+                     self.selector.cap, signal, self.selector.estimate, self.loss)
+        video.layer_cap = self.selector.cap
+        if video.pinned_rid is None:
+            self.broadcast.reselect(video, now)
 
     def _repair(self, nack: rtcp.Nack) -> None:
         fwd = next((f for f in self.forwarders.values() if f.ssrc == nack.media_ssrc), None)
@@ -229,14 +253,16 @@ class ViewerSession(Session):
         if sink is not None:
             return sink
         send_rtp = self.transport.send_rtp  # not connected yet (cannot happen after on_connected): slow path
-        return lambda payload, b0, b1, seq, ts, ssrc: send_rtp(_RTP_HEADER.pack(b0, b1, seq, ts, ssrc) + payload)
+        return lambda payload, b0, b1, seq, ts, ssrc, ext: send_rtp(
+            _RTP_HEADER.pack(b0, b1, seq, ts, ssrc) + ext + payload
+        )
 
     def _first_sink(self, fwd: Forwarder) -> RtpSink:
         """The first forwarded packet records the join time, then the forwarder gets the bare fast sink."""
         fast = self._fast_sink(fwd)
 
-        def first(payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int) -> bool:
-            if not fast(payload, b0, b1, seq, ts, ssrc):
+        def first(payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int, ext: bytes) -> bool:
+            if not fast(payload, b0, b1, seq, ts, ssrc, ext):
                 return False
             self._mark_joined()
             fwd.sink = fast
@@ -307,8 +333,8 @@ class _PacedBurst:
         self._fwd.sink = self._enqueue
         self._drain()
 
-    def _enqueue(self, payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int) -> bool:
-        self._queue.append(_RTP_HEADER.pack(b0, b1, seq, ts, ssrc) + payload)
+    def _enqueue(self, payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int, ext: bytes) -> bool:
+        self._queue.append(_RTP_HEADER.pack(b0, b1, seq, ts, ssrc) + ext + payload)
         return False  # counted when the drain sends it
 
     def _drain(self) -> None:
