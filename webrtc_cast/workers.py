@@ -81,13 +81,18 @@ def run_with_workers(settings: Settings, workers: int, log_level: str, run_origi
                     settings.port + workers - 1)
         run_origin()
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs, timeout=10.0)
     return 0
+
+
+def stop_processes(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:  # type: ignore[type-arg]
+    """SIGTERM every process still running, then wait up to ``timeout`` each and SIGKILL those that linger."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from browser import collect_console, free_port
 
+from webrtc_cast.workers import stop_processes
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,12 +110,4 @@ async def _scenario(browser_context, log) -> None:  # noqa: ANN001
         assert resumed_at - killed_at < 3.0, (resumed_at - killed_at, console[-10:])
         assert url.startswith("http://127.0.0.1:") and url != first_url
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs, timeout=10.0)

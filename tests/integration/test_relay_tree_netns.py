@@ -34,6 +34,7 @@ import pytest
 
 from tests.conftest import IN_CI
 from tests.integration.tree_viewer import watch_tree
+from webrtc_cast.workers import stop_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 CLONE_NEWNET = 0x40000000
@@ -144,15 +145,7 @@ def processes() -> Iterator[list[subprocess.Popen]]:
     try:
         yield procs
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs, timeout=5.0)
 
 
 async def _get_json(http: aiohttp.ClientSession, url: str) -> dict | None:

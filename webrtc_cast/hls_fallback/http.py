@@ -27,7 +27,9 @@ import asyncio
 import gzip
 import logging
 import re
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -42,6 +44,8 @@ from webrtc_cast.node import STREAM_NAME, Node
 from webrtc_cast.sfu_tree.broadcast import Broadcast
 
 logger = logging.getLogger(__name__)
+
+SWITCH_INTERVAL = 0.0005  # seconds: the longest the transcode thread keeps the GIL from the forwarding loop
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 HLS_JS = Path(__file__).resolve().parents[2] / "node_modules" / "hls.js" / "dist" / "hls.min.js"
@@ -97,6 +101,11 @@ class HlsService:
         self._wire: dict[tuple[str, str, str | None, bool], tuple[int, bytes]] = {}
         self._groups: dict[str, dict[tuple, _Group]] = {}  # stream -> (rendition, msn, part, skip, gzip) -> group
         self._release_due: set[str] = set()
+        # Opus -> AAC for every broadcast, off the forwarding loop (PyAV releases the GIL inside the codecs)
+        self._transcoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hls-transcode")
+        # The thread holds the GIL between codec calls; CPython hands it back to the forwarding loop only every
+        # switch interval (5 ms by default), which would show in the WebRTC viewers' p99 delay.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         node.on_broadcast_created.append(self.attach)
         node.on_broadcast_removed.append(self.detach)
         for b in node.broadcasts.values():
@@ -105,7 +114,8 @@ class HlsService:
     def attach(self, broadcast: Broadcast) -> None:
         name = broadcast.name
         wall = time.time()
-        packager = Packager(name, self.config, wall, wall - time.monotonic(), lambda: self._notify(name))
+        packager = Packager(name, self.config, wall, wall - time.monotonic(), lambda: self._notify(name),
+                            offload=self._offload)
         old = self.packagers.get(name)
         if old is not None:
             old.end()
@@ -115,6 +125,21 @@ class HlsService:
             packager.tap(track, pkt, keyframe, now, broadcast.publisher_id)
 
         broadcast.taps.append(tap)
+
+    def _offload(self, job, done) -> None:  # noqa: ANN001 - packager.Offload
+        """Run a packager job (audio transcode) on the transcode thread; ``done`` runs back on the loop, in order
+        (one worker thread: jobs finish in the order they were given)."""
+        future = asyncio.get_running_loop().run_in_executor(self._transcoder, job)
+
+        def finished(f: asyncio.Future) -> None:
+            try:
+                result = f.result()
+            except Exception:  # a broken packet or codec state: that job's audio is lost, the rest goes on
+                logger.exception("hls: audio transcode failed")
+                result = None
+            done(result, time.monotonic())
+
+        future.add_done_callback(finished)
 
     def detach(self, broadcast: Broadcast) -> None:
         packager = self.packagers.get(broadcast.name)

@@ -24,6 +24,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from webrtc_cast.codecs.h264 import NAL_SPS, profile_level_id, sps_resolution
 from webrtc_cast.hls_fallback.depacketize import START_CODE, H264Depacketizer, strip_padding
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 VIDEO_TIMESCALE = 90000
 AUDIO_RATE = 48000
+# offload(job, done): run job() elsewhere, then call done(its result or None on failure, now) on the caller's loop
+AacFrames = list[tuple[int, bytes]]  # (pts in samples, AAC frame)
+Offload = Callable[[Callable[[], AacFrames], Callable[[AacFrames | None, float], None]], None]
 AUDIO_HOLD = 0.5  # seconds an AAC frame waits for the video to pass its time before it is cut alone
 
 
@@ -220,6 +224,7 @@ class _Audio(_Track):
         self.transcoder: OpusToAac | None = None
         self.pending: deque[tuple[float, bytes, float]] = deque()  # (t, aac frame, arrival)
         self.start_at: float | None = None  # video's first segment start after a (re)start
+        self.generation = 0  # bumped by a restart: transcodes still in flight for the old source are dropped
 
     def packet(self, track, pkt, now: float) -> None:  # noqa: ANN001
         data, hdr, _ = pkt
@@ -235,8 +240,18 @@ class _Audio(_Track):
             self.anchor_at(track, hdr.timestamp, now)
         t = self.anchor.media_time(hdr.timestamp)  # type: ignore[union-attr]
         payload = strip_padding(data, hdr.payload_offset, hdr.padding)
-        for pts, frame in self.transcoder.push(payload, round(t * AUDIO_RATE)):  # type: ignore[union-attr]
-            self.pending.append((pts / AUDIO_RATE, frame, now))
+        job = partial(self.transcoder.push, payload, round(t * AUDIO_RATE))  # type: ignore[union-attr]
+        generation = self.generation
+        if self.p.offload is None:
+            self._transcoded(generation, now, job(), now)
+        else:  # Opus decode + AAC encode off the forwarding loop; the result comes back on it, in order
+            self.p.offload(job, partial(self._transcoded, generation, now))
+
+    def _transcoded(self, generation: int, arrival: float, frames: AacFrames | None, now: float) -> None:
+        if generation != self.generation or self.p.ended or frames is None:
+            return
+        for pts, frame in frames:
+            self.pending.append((pts / AUDIO_RATE, frame, arrival))
         self.flush_pending(now=now)
 
     def restart(self) -> None:
@@ -246,6 +261,7 @@ class _Audio(_Track):
         self.start_at = None
         self.pending.clear()
         self.ssrc = None
+        self.generation += 1
 
     def flush_pending(self, force: bool = False, now: float = 0.0) -> None:
         video_t = self.p.video_time()
@@ -266,8 +282,11 @@ class Packager:
     """One broadcast's LL-HLS renditions. ``tap`` goes into ``Broadcast.taps``."""
 
     def __init__(self, stream: str, config: HlsConfig, epoch_wall: float, wall_offset: float,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None, offload: Offload | None = None) -> None:
         self.stream = stream
+        # None: transcode audio inline (tests, tools). The node's adapter runs it on a worker thread so a
+        # packet's Opus decode and AAC encode (~0.7 ms, several ms at times) never hold up the forwarding loop.
+        self.offload = offload
         self.config = config
         self.epoch = secrets.token_hex(4)  # in every media URI: a restarted packager never reuses one
         self.epoch_wall = epoch_wall
