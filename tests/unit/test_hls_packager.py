@@ -183,3 +183,30 @@ def test_end_adds_endlist(media):
         text = render_media(r.view(), skip="YES")
         assert "\n#EXT-X-ENDLIST\n" in text and "#EXT-X-PRELOAD-HINT" not in text  # H10
         assert all(s.complete for s in r.segments)
+
+
+def test_offloaded_audio_transcode_gives_the_same_audio_as_inline(media):
+    """The node transcodes Opus -> AAC on a worker thread (Packager ``offload``). Jobs complete later, in order:
+    the audio rendition must match the inline one."""
+    aus, opus = media
+    inline = make_packager()
+    run(rtp_feed(3.0, aus=aus[:90], opus=opus[:150]), inline)
+
+    queued: list = []
+    deferred = Packager("s", HlsConfig(), EPOCH_WALL, EPOCH_WALL - 99.0,
+                        offload=lambda job, done: queued.append((job, done)))
+
+    def drain(now: float) -> None:
+        while queued:
+            job, done = queued.pop(0)
+            done(job(), now)
+
+    feed = rtp_feed(3.0, aus=aus[:90], opus=opus[:150])
+    for i, (trk, pkt, now) in enumerate(feed.events):
+        deferred.tap(trk, pkt, False, now, "pub1")
+        if i % 7 == 6:  # results come back in batches, a little late
+            drain(now)
+    drain(feed.events[-1][2])
+    ours, theirs = deferred.renditions()["audio"], inline.renditions()["audio"]
+    assert [(s.msn, round(s.start, 3)) for s in ours.segments] == [(s.msn, round(s.start, 3)) for s in theirs.segments]
+    assert ours.segment(ours.segments[0].msn) == theirs.segment(theirs.segments[0].msn)

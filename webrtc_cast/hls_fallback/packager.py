@@ -241,13 +241,14 @@ class _Audio(_Track):
         t = self.anchor.media_time(hdr.timestamp)  # type: ignore[union-attr]
         payload = strip_padding(data, hdr.payload_offset, hdr.padding)
         job = partial(self.transcoder.push, payload, round(t * AUDIO_RATE))  # type: ignore[union-attr]
-        generation = self.generation
         if self.p.offload is None:
-            self._transcoded(generation, now, job(), now)
+            self._transcoded(self.generation, now, job(), now)
         else:  # Opus decode + AAC encode off the forwarding loop; the result comes back on it, in order
-            self.p.offload(job, partial(self._transcoded, generation, now))
+            self.p.offload(job, partial(self._transcoded, self.generation, now))
 
     def _transcoded(self, generation: int, arrival: float, frames: AacFrames | None, now: float) -> None:
+        # Defence in depth: frames of a replaced source usually fall before the new segment anyway (start_at
+        # is unset until the video's next segment), but a job finishing late must never land after the restart.
         if generation != self.generation or self.p.ended or frames is None:
             return
         for pts, frame in frames:
