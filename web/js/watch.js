@@ -43,6 +43,7 @@ let fallbackTimer = null;
 const forceHls = new URLSearchParams(location.search).get("mode") === "hls";
 let avoidNode = null; // relay tree: origin of a node that died under us; the origin is asked to avoid it
 let probing = false;
+let playedSinceRetry = false; // WebRTC played since the last retry was scheduled
 
 const viewer = {
   get pc() {
@@ -199,8 +200,10 @@ function scheduleReconnect(reason) {
   closeSession();
   attempt += 1;
   const base = Math.min(BACKOFF_MIN_MS * 2 ** (attempt - 1), BACKOFF_MAX_MS);
-  // the first retry after playing goes at once (a relay died: the origin places us elsewhere)
-  const delay = attempt === 1 ? 50 : Math.round(base * (1 + Math.random() * 0.2));
+  // the first retry after playing goes at once (a relay died: the origin places us elsewhere); a session that
+  // never played (404, 409, refused) backs off from the first retry
+  const delay = attempt === 1 && playedSinceRetry ? 50 : Math.round(base * (1 + Math.random() * 0.2));
+  playedSinceRetry = false;
   setState("retrying", `${reason} — retrying in ${(delay / 1000).toFixed(1)} s (attempt ${attempt + 1})`);
   clearTimeout(retryTimer);
   retryTimer = setTimeout(() => {
@@ -230,6 +233,7 @@ async function tick() {
     if (frames > 0 && viewer.state !== "playing") {
       attempt = 0;
       clearTimeout(fallbackTimer); // WebRTC played: a later re-join (a relay died) must not fall back to HLS
+      playedSinceRetry = true;
       setState("playing", `Playing ${streamName}.`);
     }
   } else if (viewer.state === "playing" || viewer.state === "waiting") {
