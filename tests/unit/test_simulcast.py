@@ -198,6 +198,8 @@ def test_viewers_that_negotiated_abs_send_time_get_our_send_time_in_their_extens
     stamped, stamped_out = viewer(b, "h")
     stamped.abs_send_time_id = 3
     plain, plain_out = viewer(b, "h")
+    other, other_out = viewer(b, "h")
+    other.abs_send_time_id = 5  # another browser's id: its own block, same time
     for i, now in enumerate((10.0, 10.5)):
         b.on_rtp(rid_packet("h", 3, 100 + i, 3000 * i, SPS_STAP_A if i == 0 else P_FRAME), now)
     assert [ext for _, ext in plain_out.headers] == [b"", b""]
@@ -207,3 +209,5 @@ def test_viewers_that_negotiated_abs_send_time_get_our_send_time_in_their_extens
         assert b0 & 0x10 and ext[:4] == bytes.fromhex("bede0001") and ext[4] == (3 << 4) | 2 and len(ext) == 8
         times.append(int.from_bytes(ext[5:8], "big"))
     assert times == [int(10.0 * 2**18) & 0xFFFFFF, int(10.5 * 2**18) & 0xFFFFFF]  # 6.18 fixed-point seconds
+    assert [ext[4] for _, ext in other_out.headers] == [(5 << 4) | 2] * 2
+    assert [ext[5:] for _, ext in other_out.headers] == [ext[5:] for _, ext in stamped_out.headers]

@@ -234,6 +234,7 @@ class Broadcast:
         # abs-send-time (6.18 fixed-point seconds, 24 bits): one value per packet, stamped for viewers that
         # negotiated it, as a one-byte-header extension block (RFC 8285) whose id is the viewer's own
         send_time = (int(now * 262144) & 0xFFFFFF) | 0x02000000
+        block_id, block = 0, b""  # the block is built once per packet per extension id, not per viewer
         sent = 0
         for fwd in track.forwarders:
             mapped = fwd.map(pkt, keyframe, now, key)
@@ -241,8 +242,9 @@ class Broadcast:
                 continue
             ext_id = fwd.abs_send_time_id
             if ext_id:
-                ok = fwd.sink(payload, b0 | 0x10, fwd.out_pt | marker, mapped[0], mapped[1], fwd.ssrc,
-                              _ABS_SEND_TIME_BLOCK(0xBEDE0001, (ext_id << 28) | send_time))
+                if ext_id != block_id:
+                    block_id, block = ext_id, _ABS_SEND_TIME_BLOCK(0xBEDE0001, (ext_id << 28) | send_time)
+                ok = fwd.sink(payload, b0 | 0x10, fwd.out_pt | marker, mapped[0], mapped[1], fwd.ssrc, block)
             else:
                 ok = fwd.sink(payload, b0, fwd.out_pt | marker, mapped[0], mapped[1], fwd.ssrc, b"")
             if ok:
