@@ -53,6 +53,9 @@ async def test_ffmpeg_whip_to_three_viewers():
         try:
             await wait_live(node, "ff")
             reports = await asyncio.gather(*(watch(f"{base}/whep/ff", duration=8.0) for _ in range(3)))
+            # FFmpeg's media is read by the ingest pump (audio ahead of queued video), not aiortc's receive loop
+            publisher = next(s for s in node.sessions.values() if s.role == "whip")
+            assert publisher.transport.pump is not None and publisher.transport.pump.delivered > 1000
         finally:
             out, err = await asyncio.to_thread(proc.communicate, timeout=30)
         assert proc.returncode == 0, err[-2000:]

@@ -75,6 +75,15 @@ async def test_glue_reaches_the_attributes_it_uses():
     assert isinstance(transport._gatherer, RTCIceGatherer)
 
 
+def test_ingest_pump_hook_points():
+    # the glue replaces the nominated pair's protocol.datagram_received with the ingest pump and gives back what
+    # is not RTP; aioice's own handler must still be the one that turns non-STUN data into queued data
+    source = inspect.getsource(aioice.ice.StunProtocol.datagram_received)
+    assert "self.receiver.data_received(data" in source
+    assert list(inspect.signature(aioice.ice.StunProtocol.datagram_received).parameters) == ["self", "data", "addr"]
+    assert "_rx_srtp.unprotect(data)" in inspect.getsource(RTCDtlsTransport._recv_next)
+
+
 def test_sender_encoder_attribute_name():
     assert "self.__encoder" in inspect.getsource(RTCRtpSender)
 

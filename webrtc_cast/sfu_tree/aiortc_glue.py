@@ -17,7 +17,7 @@ import random
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import aioice.ice
@@ -37,6 +37,7 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from webrtc_cast.rtp.srtp_gcm import GcmProtector
+from webrtc_cast.sfu_tree.ingest_pump import IngestPump
 
 logger = logging.getLogger(__name__)
 
@@ -204,15 +205,35 @@ class _TapDtlsTransport(RTCDtlsTransport):
     handler_errors = 0
     last_rx = 0.0  # monotonic time of the last authenticated (decrypted) RTP or RTCP packet from the peer
 
+    on_slow_rtp: Callable[[], None] | None = None  # RTP came the aioice/aiortc way (no ingest pump on its socket)
+    pumped_srtp_errors = 0
+
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:  # aiortc internal hook
+        self.deliver_rtp(data, arrival_time_ms / 1000.0)
+        if self.on_slow_rtp is not None:
+            self.on_slow_rtp()
+
+    def deliver_rtp(self, data: bytes, arrival: float) -> None:
         self.last_rx = time.monotonic()
         if self.on_rtp is not None:
             try:
-                self.on_rtp(data, arrival_time_ms / 1000.0)
+                self.on_rtp(data, arrival)
             except Exception:  # a bug in one packet's handling must not end the session (aiortc stops its loop)
                 self.handler_errors += 1
                 if self.handler_errors == 1 or self.handler_errors % 1000 == 0:
                     logger.exception("RTP handler failed (%d so far)", self.handler_errors)
+
+    def deliver_srtp(self, data: bytes) -> None:
+        """One SRTP packet read by the ingest pump: decrypt and deliver (what aiortc's receive loop does)."""
+        srtp = self._rx_srtp
+        if srtp is None:
+            return
+        try:
+            plain = srtp.unprotect(data)
+        except pylibsrtp.Error:  # replayed, forged or not for us: dropped, as aiortc does
+            self.pumped_srtp_errors += 1
+            return
+        self.deliver_rtp(plain, time.monotonic())
 
     async def _handle_rtcp_data(self, data: bytes) -> None:  # aiortc internal hook
         self.last_rx = time.monotonic()
@@ -258,6 +279,10 @@ class PeerTransport:
         self._sink_socket: socket.socket | None = None
         self._gcm_checked = False
         self._gcm_protector: GcmProtector | None = None
+        self._urgent_payload_types: frozenset[int] | None = None  # set by pump_ingest()
+        self._pump: IngestPump | None = None
+        self._pump_protocol: object | None = None
+        self._pump_original: Callable[[bytes, tuple], None] | None = None  # type: ignore[type-arg]
         # aiortc's DTLS receive loop reads data[0] of every datagram: one empty UDP datagram from anyone who
         # knows the port would raise IndexError and end the session. Drop empty datagrams before it sees them.
         self._ice._recv = self._recv_nonempty
@@ -268,6 +293,41 @@ class PeerTransport:
         """Where decrypted RTP and RTCP from the peer go."""
         self._dtls.on_rtp = on_rtp
         self._dtls.on_rtcp = on_rtcp
+
+    def pump_ingest(self, urgent_payload_types: Iterable[int]) -> None:
+        """For peers that send us media (publishers, parent relays): once connected, read their SRTP straight off
+        the selected pair's socket with an :class:`IngestPump` — RTP with these payload types (the audio) is
+        delivered ahead of other RTP already waiting. STUN, DTLS and RTCP still go through aioice and aiortc."""
+        self._urgent_payload_types = frozenset(urgent_payload_types)
+        self._dtls.on_slow_rtp = self._install_pump
+
+    def _install_pump(self) -> None:
+        """(Re)install the pump on the nominated pair's socket; called on RTP that came the slow way."""
+        if self._closed or self._urgent_payload_types is None or self._dtls._rx_srtp is None:
+            return
+        pair = self._ice._connection._nominated.get(1)
+        if pair is None or pair.protocol is self._pump_protocol or pair.protocol.transport is None:
+            return
+        protocol = pair.protocol
+        trsock = protocol.transport.get_extra_info("socket")
+        self._remove_pump()
+        sock = socket.fromfd(trsock.fileno(), trsock.family, trsock.type)
+        self._pump_original = protocol.datagram_received
+        self._pump = IngestPump(sock, self._dtls.deliver_srtp, self._pump_original, self._urgent_payload_types)
+        self._pump_protocol = protocol
+        protocol.datagram_received = self._pump.datagram_received
+
+    def _remove_pump(self) -> None:
+        if self._pump is None:
+            return
+        self._pump_protocol.datagram_received = self._pump_original  # type: ignore[attr-defined]
+        self._pump.close()
+        self._pump = self._pump_protocol = self._pump_original = None
+
+    @property
+    def pump(self) -> IngestPump | None:
+        """The ingest pump reading this peer's media, once installed (None before or without pump_ingest)."""
+        return self._pump
 
     # -- setup -------------------------------------------------------------------------------------------
     async def gather(self) -> LocalParameters:
@@ -525,6 +585,7 @@ class PeerTransport:
         if self._sink_socket is not None:
             self._sink_socket.close()
             self._sink_socket = None
+        self._remove_pump()
         with contextlib.suppress(Exception):
             await self._dtls.stop()
         with contextlib.suppress(Exception):

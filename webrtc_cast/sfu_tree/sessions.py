@@ -80,6 +80,11 @@ class PublisherSession(Session):
     remb_bitrate: int = 0
     _last_rr: float = 0.0
 
+    def audio_payload_types(self) -> set[int]:
+        """The payload types of the audio this publisher sends: the ingest pump delivers them ahead of video."""
+        return {pt for p in self.plans if p.kind == "audio"
+                for pt in (p.codec.payload_type, *p.payload_types.values())}
+
     def on_rtp(self, data: bytes, arrival: float) -> None:
         if self.broadcast.publisher_id != self.id:
             return  # a replaced publisher's last packets must not reach the viewers
