@@ -367,3 +367,24 @@ def test_fuzz_corrupted_compound(parts: list[bytes], position: int, value: int) 
     data[position % len(data)] = value
     _parse_or_error(bytes(data))
     _parse_or_error(bytes(data[: position % len(data)]))
+
+
+def test_report_intervals_are_randomized_so_a_batch_of_viewers_spreads_out():
+    """RFC 3550 §6.3.1: 150 viewers that joined in the same tick must not send their sender reports in the same
+    tick every second (each report blocks the forwarding loop for a few tens of µs)."""
+    import random
+
+    rng = random.Random(7)
+    assert all(0.5 <= rtcp.randomized_interval(1.0, rng.random()) < 1.5 for _ in range(1000))
+    assert rtcp.randomized_interval(2.0, 0.0) == 1.0 and rtcp.randomized_interval(2.0, 0.999) < 3.0
+    tick = 0.1
+    due = [0.0] * 150
+    per_tick = []
+    for step in range(100):  # 10 s of node ticks
+        now = step * tick
+        reporting = [i for i, t in enumerate(due) if now >= t]
+        for i in reporting:
+            due[i] = now + rtcp.randomized_interval(1.0, rng.random())
+        per_tick.append(len(reporting))
+    assert per_tick[0] == 150  # everyone reports at once after joining...
+    assert max(per_tick[30:]) <= 40  # ...and after a few seconds ~15 per tick, not 150 every 10th tick

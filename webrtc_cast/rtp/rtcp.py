@@ -111,6 +111,14 @@ def is_rtcp(data: bytes) -> bool:
     return len(data) >= 2 and 192 <= data[1] <= 223
 
 
+def randomized_interval(interval: float, unit_random: float) -> float:
+    """RFC 3550 §6.3.1: the nominal report interval times a factor in [0.5, 1.5) (``unit_random`` in [0, 1)).
+
+    Streams that start together (a batch of viewers joining) would otherwise report in the same instant every
+    second; on a node that is a burst of hundreds of sender reports blocking the forwarding loop at once."""
+    return interval * (0.5 + unit_random)
+
+
 def ntp_from_unix(t: float) -> int:
     """64-bit NTP timestamp (32.32 fixed point, seconds since 1900) for a Unix time in seconds."""
     seconds = int(t // 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import struct
 import time
@@ -157,7 +158,7 @@ class ViewerSession(Session):
     loss: float = 0.0  # the viewer's latest reported video loss fraction
     burst_packets: int = 16
     burst_interval: float = 0.002
-    _last_sr: float = 0.0
+    _next_sr: float = 0.0  # the first report goes out at the first tick after connecting
     _joined: bool = False
 
     def on_rtp(self, data: bytes, arrival: float) -> None:
@@ -281,9 +282,9 @@ class ViewerSession(Session):
             self.metrics.join_time.observe(time.monotonic() - self.posted_at)
 
     def tick(self, now: float, wall: float) -> None:
-        if self.connected_at is None or now - self._last_sr < self.sender_report_interval:
+        if self.connected_at is None or now < self._next_sr:
             return
-        self._last_sr = now
+        self._next_sr = now + rtcp.randomized_interval(self.sender_report_interval, random.random())
         for fwd in self.forwarders.values():
             sr = self._sender_report(fwd, now, wall)
             if sr is not None:
