@@ -9,6 +9,8 @@ then the same loop with parts taken away, so the difference is each part's cost:
 * ``full``        on_rtp with the real sinks (map, header, GCM, sendmsg)
 * ``no_send``     the sink does everything except the syscall
 * ``map_only``    the sink returns at once (the Python loop plus Forwarder.map)
+* ``run{K}_full`` :meth:`Broadcast.on_rtp_run` with runs of K packets (what the ingest pump hands over when packets
+  wait in the socket) and the glue's batch sinks: one UDP GSO sendmsg per viewer and run
 * and single operations timed alone: ``aesgcm_encrypt_1200``, ``sendmsg_1200``, ``protect_parts_1200``, ...
 
 Usage:  .venv/bin/python -m benchmarks.hot_path [--viewers 50] [--packets 4000] [--core 1]
@@ -44,7 +46,10 @@ def _now() -> float:
 class Rig:
     """A broadcast with ``n`` viewers (video forwarders on sinks made by ``make_sink``)."""
 
-    def __init__(self, n: int, make_sink: Callable[[int], object], kind: str = "video") -> None:
+    def __init__(
+        self, n: int, make_sink: Callable[[int], object], kind: str = "video",
+        make_batch_sink: Callable[[int], object] | None = None,
+    ) -> None:
         self.b = Broadcast("bench")
         self.b.attach_publisher(
             "pub",
@@ -59,6 +64,8 @@ class Rig:
             pt = VIDEO_PT if kind == "video" else AUDIO_PT
             fwd = Forwarder(kind, 90000 if kind == "video" else 48000, 0x5000 + i, {"H264": pt, "OPUS": pt})
             fwd.sink = make_sink(i)
+            if make_batch_sink is not None:
+                fwd.batch_sink = make_batch_sink(i)
             self.b.add_forwarder(fwd, 0.0)
             self.fwds.append(fwd)
         self.seq = 1000
@@ -75,6 +82,14 @@ class Rig:
         else:
             pkt = build_rtp(AUDIO_PT, self.seq & 0xFFFF, self.ts, SRC_AUDIO_SSRC, payload, marker)
         return self.b.on_rtp(pkt, now)
+
+    def feed_run(self, payload: bytes, now: float, k: int) -> int:
+        run = []
+        for _ in range(k):
+            self.seq += 1
+            run.append(build_rtp(VIDEO_PT, self.seq & 0xFFFF, self.ts, SRC_VIDEO_SSRC, payload))
+        self.ts += 3000
+        return self.b.on_rtp_run(run, now)
 
 
 def _drain(sock: socket.socket) -> None:
@@ -105,6 +120,30 @@ def measure_rig(n: int, packets: int, repeat: int, make_sink, kind: str, payload
                 _drain(rx)
         if sent != (packets // batch) * batch * n:
             raise RuntimeError(f"sent {sent}, expected {(packets // batch) * batch * n}")
+        best = min(best, total / sent * 1e6)
+    return best
+
+
+def measure_runs(n: int, packets: int, repeat: int, make_sink, make_batch_sink, k: int, rx) -> float:
+    """µs of thread CPU per packet·viewer when packets come in runs of ``k`` (minimum over rounds)."""
+    rig = Rig(n, make_sink, "video", make_batch_sink)
+    body = bytes([0x41]) + bytes(1199)
+    best = float("inf")
+    now = 1.0
+    runs_per_drain = max(1, 48 // k)
+    for _ in range(repeat):
+        total = 0.0
+        sent = 0
+        rounds = packets // (runs_per_drain * k)
+        for _ in range(rounds):
+            t0 = _now()
+            for _ in range(runs_per_drain):
+                now += 0.001
+                sent += rig.feed_run(body, now, k)
+            total += _now() - t0
+            _drain(rx)
+        if sent != rounds * runs_per_drain * k * n:
+            raise RuntimeError(f"sent {sent}, expected {rounds * runs_per_drain * k * n}")
         best = min(best, total / sent * 1e6)
     return best
 
@@ -246,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         def sendto(self, *a: object) -> int:
             return 0
 
+    def gcm_batch_sink(_i: int):
+        return aiortc_glue._make_gcm_batch_sink(GcmProtector(key, salt), tx, addr)
+
     def gcm_nosend_sink(_i: int):
         return aiortc_glue._make_gcm_sink(GcmProtector(key, salt), _NoSendSock(), addr)  # type: ignore[arg-type]
 
@@ -259,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     res["video_no_send"] = measure_rig(n, k, r, gcm_nosend_sink, "video", 1200, None)
     res["video_map_only"] = measure_rig(n, k, r, null_sink, "video", 1200, None)
     res["audio_full"] = measure_rig(n, k, r, gcm_sink, "audio", 160, rx)
+    for run in (2, 4, 8):
+        res[f"video_run{run}_full"] = measure_runs(n, k, r, gcm_sink, gcm_batch_sink, run, rx)
 
     ops: dict = {}
     gcm = GcmProtector(key, salt)
@@ -284,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"hot_path: {res['video_full']:.2f} us per video packet·viewer at N={n} "
         f"(loop+map {res['video_map_only']:.2f}, header+GCM {res['video_no_send'] - res['video_map_only']:.2f}, "
-        f"sendmsg+kernel {res['video_full'] - res['video_no_send']:.2f}); audio {res['audio_full']:.2f}"
+        f"sendmsg+kernel {res['video_full'] - res['video_no_send']:.2f}); audio {res['audio_full']:.2f}; "
+        f"in runs (GSO) of 2/4/8: {res['video_run2_full']:.2f}/{res['video_run4_full']:.2f}/"
+        f"{res['video_run8_full']:.2f}"
     )
     return 0
 

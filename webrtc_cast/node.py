@@ -170,7 +170,7 @@ class Node:
             session = viewer
         transport.set_handlers(session.on_rtp, session.on_rtcp)  # type: ignore[attr-defined]
         if isinstance(session, PublisherSession):
-            transport.pump_ingest(session.audio_payload_types())
+            transport.pump_ingest(session.audio_payload_types(), session.on_rtp_run, broadcast.run_limit)
         answer = sdp.write_answer(
             int(time.time() * 1000),
             sdp.TransportParams(local.ice_ufrag, local.ice_pwd, local.fingerprint, setup, local.candidates),

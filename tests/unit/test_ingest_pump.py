@@ -52,7 +52,7 @@ async def test_audio_overtakes_the_video_burst_waiting_in_the_socket(socket_pair
     tx.send(rtp(AUDIO_PT, 500))
     tx.send(rtp(VIDEO_PT, 31, marker=True))
     delivered: list[bytes] = []
-    pump = IngestPump(socket.socket(fileno=socket.dup(rx.fileno())), delivered.append, lambda d, a: None, [AUDIO_PT])
+    pump = IngestPump(socket.socket(fileno=socket.dup(rx.fileno())), delivered.extend, lambda d, a: None, [AUDIO_PT])
     data, addr = await _first_datagram(rx)
     pump.datagram_received(data, addr)
     pts = [d[1] & 0x7F for d in delivered]
@@ -70,7 +70,7 @@ async def test_a_long_burst_yields_to_the_event_loop_and_still_delivers_everythi
     for seq in range(total):
         tx.send(rtp(VIDEO_PT, seq))
     delivered: list[bytes] = []
-    pump = IngestPump(socket.socket(fileno=socket.dup(rx.fileno())), delivered.append, lambda d, a: None, [AUDIO_PT])
+    pump = IngestPump(socket.socket(fileno=socket.dup(rx.fileno())), delivered.extend, lambda d, a: None, [AUDIO_PT])
     data, addr = await _first_datagram(rx)
     pump.datagram_received(data, addr)
     assert len(delivered) == ingest_pump.DELIVERIES_PER_TURN  # one turn's budget, then other callbacks run
@@ -92,7 +92,7 @@ async def test_non_rtp_goes_back_to_the_ice_stack(socket_pair):
     delivered: list[bytes] = []
     others: list[bytes] = []
     pump = IngestPump(
-        socket.socket(fileno=socket.dup(rx.fileno())), delivered.append, lambda d, a: others.append(d), [AUDIO_PT]
+        socket.socket(fileno=socket.dup(rx.fileno())), delivered.extend, lambda d, a: others.append(d), [AUDIO_PT]
     )
     data, addr = await _first_datagram(rx)
     pump.datagram_received(data, addr)
@@ -104,7 +104,28 @@ async def test_non_rtp_goes_back_to_the_ice_stack(socket_pair):
 async def test_closed_pump_delivers_nothing(socket_pair):
     rx, tx = socket_pair
     delivered: list[bytes] = []
-    pump = IngestPump(socket.socket(fileno=socket.dup(rx.fileno())), delivered.append, lambda d, a: None, [AUDIO_PT])
+    pump = IngestPump(socket.socket(fileno=socket.dup(rx.fileno())), delivered.extend, lambda d, a: None, [AUDIO_PT])
     pump.close()
     pump.datagram_received(rtp(VIDEO_PT, 1), ("127.0.0.1", 1))
     assert delivered == []
+
+
+async def test_video_waiting_in_the_socket_goes_out_in_runs_of_one_ssrc(socket_pair):
+    rx, tx = socket_pair
+    for seq in range(10):
+        tx.send(rtp(VIDEO_PT, seq))
+    other_layer = struct.pack("!BBHII", 0x80, VIDEO_PT, 7, 0, 0xABCD) + bytes(100)
+    tx.send(other_layer)
+    tx.send(rtp(AUDIO_PT, 1))
+    runs: list[list[bytes]] = []
+    pump = IngestPump(
+        socket.socket(fileno=socket.dup(rx.fileno())), runs.append, lambda d, a: None, [AUDIO_PT], run_limit=lambda: 4
+    )
+    data, addr = await _first_datagram(rx)
+    pump.datagram_received(data, addr)
+    # audio alone first, then the first layer's packets at most 4 at a time, the other SSRC in a run of its own
+    assert [len(r) for r in runs] == [1, 4, 4, 2, 1]
+    assert runs[0][0][1] & 0x7F == AUDIO_PT and runs[-1] == [other_layer]
+    assert [struct.unpack_from("!H", d, 2)[0] for r in runs[1:4] for d in r] == list(range(10))
+    assert pump.runs == 3 and pump.delivered == 12
+    pump.close()

@@ -81,3 +81,36 @@ def test_any_forward_sequence_round_trips(start, steps):
 def test_bad_key_sizes_are_refused():
     with pytest.raises(ValueError):
         GcmProtector(os.urandom(20), os.urandom(12))
+
+
+@pytest.mark.parametrize("gso", [True, False])
+def test_batch_sink_sends_every_packet_as_its_own_datagram(gso, monkeypatch):
+    """The ingest-run path: one UDP GSO send per run of equal sizes must reach the viewer as the same separate,
+    decryptable datagrams as packet-by-packet sends (sizes differ by one byte as FU-A splits do, the frame's last
+    packet is short)."""
+    import socket
+
+    from webrtc_cast.sfu_tree import aiortc_glue
+
+    monkeypatch.setattr(aiortc_glue, "_gso", [gso])
+    key, salt = os.urandom(16), os.urandom(12)
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(2)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        batch = aiortc_glue._make_gcm_batch_sink(GcmProtector(key, salt), tx, rx.getsockname())
+        theirs = receiver(key, salt, pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
+        sizes = [1101, 1101, 1100, 1100, 1100, 1100, 1101, 400] + [1000] * 70  # 70: more than one GSO send holds
+        payloads = [os.urandom(n) for n in sizes]
+        ext = bytes.fromhex("bede0001") + bytes([(3 << 4) | 2, 1, 2, 3])
+        items = [(memoryview(p), 0x90, 96 | (0x80 if i == 7 else 0), 500 + i, 9000) for i, p in enumerate(payloads)]
+        assert batch(items, 0xCAFE, ext) == len(items)
+        for i, p in enumerate(payloads):
+            plain = theirs.unprotect(rx.recv(4096))
+            assert plain[2:4] == (500 + i).to_bytes(2, "big") and plain[12:20] == ext and plain[20:] == p
+            assert bool(plain[1] & 0x80) == (i == 7)
+        assert aiortc_glue._gso[0] == gso  # the kernel took the GSO sends (no silent fallback)
+    finally:
+        rx.close()
+        tx.close()

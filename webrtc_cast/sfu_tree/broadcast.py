@@ -28,6 +28,12 @@ logger = logging.getLogger(__name__)
 
 _ABS_SEND_TIME_BLOCK = struct.Struct("!II").pack  # 0xBEDE, length 1 word; id << 4 | (3 - 1), 24-bit time
 
+# Ingest runs (Broadcast.on_rtp_run): one run's fan-out should take about RUN_BUDGET seconds at most, estimated
+# at RUN_COST_PER_VIEWER per packet and viewer (this machine: ~5 µs batched, benchmarks/hot_path.py).
+RUN_BUDGET = 0.003
+RUN_COST_PER_VIEWER = 5e-6
+MAX_RUN = 16
+
 SWITCH_RETRY = 1.0  # seconds a layer switch waits for the target's keyframe before asking again
 
 
@@ -201,18 +207,18 @@ class Broadcast:
             self._by_ssrc[hdr.ssrc] = track  # later packets may omit the rid
         return track
 
-    def on_rtp(self, data: bytes, now: float) -> int:
-        """One RTP packet from the publisher. Returns how many viewers it was sent to."""
+    def _ingest(self, data: bytes, now: float) -> tuple[SourceTrack, Packet, bool, rtp_header.RtpHeader] | None:
+        """Parse, route, store and tap one packet (None: malformed or unroutable, counted)."""
         try:
             hdr = rtp_header.parse(data)
         except RtpError:
             self.malformed += 1
-            return 0
+            return None
         self._now = now
         track = self._route(data, hdr)
         if track is None:
             self.unroutable += 1
-            return 0
+            return None
         keyframe = track.is_keyframe(data[hdr.payload_offset :]) if track.kind == "video" else False
         pkt = track.buffer.push(data, hdr, keyframe, now)
         track.window_bytes += len(data)
@@ -225,6 +231,82 @@ class Broadcast:
             except Exception:  # a broken packager must not stop the viewers
                 self.tap_errors += 1
                 logger.exception("broadcast %s: tap failed", self.name)
+        return track, pkt, keyframe, hdr
+
+    def run_limit(self) -> int:
+        """How many packets of one layer the ingest pump may hand over at once: as many as fit in RUN_BUDGET
+        of fan-out at this node's viewer count (audio behind a run waits for the whole run's pass)."""
+        viewers = max((len(t.forwarders) for t in self.tracks.values() if t.kind == "video"), default=0)
+        return max(1, min(MAX_RUN, int(RUN_BUDGET / (max(viewers, 1) * RUN_COST_PER_VIEWER))))
+
+    def on_rtp_run(self, datas: list[bytes], now: float) -> int:
+        """Several packets read together (the ingest pump's run of one SSRC): each is ingested in order, then
+        every viewer gets the run in one batch — one UDP GSO send where its sink has one. Returns packets sent."""
+        sent = 0
+        group: list[tuple[Packet, bool, rtp_header.RtpHeader, bytes]] = []
+        group_track: SourceTrack | None = None
+        for data in datas:
+            ingested = self._ingest(data, now)
+            if ingested is None:
+                continue
+            track, pkt, keyframe, hdr = ingested
+            if track is not group_track and group:
+                sent += self._fan_out_run(group_track, group, now)  # type: ignore[arg-type]
+                group = []
+            group_track = track
+            group.append((pkt, keyframe, hdr, data))
+        if group:
+            sent += self._fan_out_run(group_track, group, now)  # type: ignore[arg-type]
+        return sent
+
+    def _fan_out_run(
+        self, track: SourceTrack, group: list[tuple[Packet, bool, rtp_header.RtpHeader, bytes]], now: float
+    ) -> int:
+        key = track.key
+        entries = [
+            (pkt, keyframe, memoryview(data)[hdr.payload_offset :], 0xA0 if hdr.padding else 0x80,
+             0x80 if hdr.marker else 0)
+            for pkt, keyframe, hdr, data in group
+        ]
+        send_time = (int(now * 262144) & 0xFFFFFF) | 0x02000000
+        block_id, block = 0, b""
+        sent = 0
+        for fwd in track.forwarders:
+            ext_id = fwd.abs_send_time_id
+            if ext_id:
+                if ext_id != block_id:
+                    block_id, block = ext_id, _ABS_SEND_TIME_BLOCK(0xBEDE0001, (ext_id << 28) | send_time)
+                ext, x = block, 0x10
+            else:
+                ext, x = b"", 0
+            batch = fwd.batch_sink
+            items = []
+            octets = 0
+            for pkt, keyframe, payload, b0, marker in entries:
+                mapped = fwd.map(pkt, keyframe, now, key)
+                if mapped is None:
+                    continue
+                if batch is None:  # joining or draining a burst: the packet-by-packet sink decides
+                    if fwd.sink(payload, b0 | x, fwd.out_pt | marker, mapped[0], mapped[1], fwd.ssrc, ext):
+                        fwd.sent_packets += 1
+                        fwd.sent_octets += len(payload) + 12
+                        sent += 1
+                    continue
+                items.append((payload, b0 | x, fwd.out_pt | marker, mapped[0], mapped[1]))
+                octets += len(payload) + 12
+            if items:
+                n = batch(items, fwd.ssrc, ext)
+                fwd.sent_packets += n
+                fwd.sent_octets += octets if n == len(items) else octets * n // len(items)
+                sent += n
+        return sent
+
+    def on_rtp(self, data: bytes, now: float) -> int:
+        """One RTP packet from the publisher. Returns how many viewers it was sent to."""
+        ingested = self._ingest(data, now)
+        if ingested is None:
+            return 0
+        track, pkt, keyframe, hdr = ingested
         # The hot loop: per viewer only the mapping decision and one sink call (header write, SRTP, sendto).
         payload = memoryview(data)[hdr.payload_offset :]
         size = len(payload) + 12

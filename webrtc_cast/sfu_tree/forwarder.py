@@ -38,6 +38,7 @@ class Forwarder:
         "nack_misses",
         "send",
         "sink",
+        "batch_sink",
         "sent_packets",
         "sent_octets",
         "current_layer",
@@ -82,6 +83,8 @@ class Forwarder:
         self.send = None  # set by the adapter: Callable[[bytes], bool] for whole packets (bursts, repairs)
         # set by the adapter: the hot-path sender (payload view, b0, b1, seq, ts, ssrc) -> bool
         self.sink = None
+        # set by the adapter while ``sink`` is the bare fast sink (None otherwise): RtpBatchSink for ingest runs
+        self.batch_sink = None
         self.sent_packets = 0  # counted by whoever sends (the adapter), read by /metrics at scrape time
         self.sent_octets = 0
         # layers (simulcast): what is forwarded now, and what a switch is waiting for (a keyframe of it)

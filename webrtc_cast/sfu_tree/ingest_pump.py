@@ -9,6 +9,11 @@ delivery and delivers the *urgent* payload types (the publisher's audio) first, 
 one video pass in progress. Within one payload type the order is kept; across them, audio overtaking video is
 harmless (separate SSRCs, separate clocks).
 
+Video waiting in the socket goes out in *runs*: consecutive packets of one SSRC, at most ``run_limit()`` of them,
+delivered together so that each viewer gets them in one UDP GSO send (see Broadcast.on_rtp_run). Under load the
+runs form by themselves (packets queue while a pass is in progress), and the caller's limit keeps one run's pass
+short enough for the audio behind it.
+
 The pump is plain socket + asyncio code: the caller (the aiortc glue) decides which datagrams are RTP, decrypts
 and routes them (``deliver``), and gives everything else (STUN, DTLS, RTCP) back to the ICE stack (``other``).
 """
@@ -38,10 +43,11 @@ class IngestPump:
     def __init__(
         self,
         sock: socket.socket,
-        deliver: Callable[[bytes], None],
+        deliver: Callable[[list[bytes]], None],
         other: Callable[[bytes, tuple], None],  # type: ignore[type-arg]
         urgent_payload_types: Iterable[int],
         loop: asyncio.AbstractEventLoop | None = None,
+        run_limit: Callable[[], int] | None = None,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
@@ -49,12 +55,14 @@ class IngestPump:
         self._other = other
         self._urgent_pts = frozenset(pt & 0x7F for pt in urgent_payload_types)
         self._loop = loop or asyncio.get_running_loop()
+        self._run_limit = run_limit
         self._urgent: deque[bytes] = deque()
         self._bulk: deque[bytes] = deque()
         self._scheduled = False
         self._closed = False
         self.delivered = 0
         self.overtakes = 0  # urgent packets delivered while other RTP was waiting
+        self.runs = 0  # deliveries of more than one packet
         self.read_errors = 0
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
@@ -104,13 +112,20 @@ class IngestPump:
             if urgent:
                 if bulk:
                     self.overtakes += 1
-                data = urgent.popleft()
+                run = [urgent.popleft()]
             elif bulk:
-                data = bulk.popleft()
+                run = [bulk.popleft()]
+                if bulk and self._run_limit is not None:
+                    limit = self._run_limit()
+                    ssrc = run[0][8:12]
+                    while bulk and len(run) < limit and bulk[0][8:12] == ssrc:
+                        run.append(bulk.popleft())
+                    if len(run) > 1:
+                        self.runs += 1
             else:
                 return
-            self.delivered += 1
-            self._deliver(data)
+            self.delivered += len(run)
+            self._deliver(run)
             if self._closed:
                 return
         self._scheduled = True

@@ -277,7 +277,7 @@ class RelayLinks:
                 plans=plans_from_answer(answer),
             )
             transport.set_handlers(session.on_rtp, session.on_rtcp)
-            transport.pump_ingest(session.audio_payload_types())
+            transport.pump_ingest(session.audio_payload_types(), session.on_rtp_run, broadcast.run_limit)
             transport.start(
                 session.remote_ufrag,
                 answer.media_or_session(first, "ice-pwd") or "",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from signaling.negotiation import MediaPlan
 from webrtc_cast.metrics import NodeMetrics
 from webrtc_cast.rtp import rtcp
-from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport, RtpSink
+from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport, RtpBatchSink, RtpSink
 from webrtc_cast.sfu_tree.broadcast import Broadcast, PublishedTrack, SourceTrack
 from webrtc_cast.sfu_tree.forwarder import Forwarder
 from webrtc_cast.sfu_tree.layer_selector import LayerSelector
@@ -90,6 +90,11 @@ class PublisherSession(Session):
         if self.broadcast.publisher_id != self.id:
             return  # a replaced publisher's last packets must not reach the viewers
         self.broadcast.on_rtp(data, time.monotonic())
+
+    def on_rtp_run(self, datas: list[bytes], arrival: float) -> None:
+        if self.broadcast.publisher_id != self.id:
+            return
+        self.broadcast.on_rtp_run(datas, time.monotonic())
 
     def on_rtcp(self, data: bytes) -> None:
         now = time.monotonic()
@@ -236,7 +241,8 @@ class ViewerSession(Session):
             fwd.sink = self._first_sink(fwd)
             burst = self.broadcast.add_forwarder(fwd, now)
             if burst:
-                _PacedBurst(fwd, self._fast_sink(fwd), burst, self.burst_packets, self.burst_interval).start()
+                _PacedBurst(fwd, self._fast_sink(fwd), self.transport.rtp_batch_sink(), burst, self.burst_packets,
+                            self.burst_interval).start()
         self.broadcast.viewer_count += 1
         self.metrics.viewers.labels(self.stream).inc()
 
@@ -271,7 +277,9 @@ class ViewerSession(Session):
             if not fast(payload, b0, b1, seq, ts, ssrc, ext):
                 return False
             self._mark_joined()
-            fwd.sink = fast
+            if fwd.sink is first:  # (not if a keyframe-cache burst took the sink over meanwhile)
+                fwd.sink = fast
+                fwd.batch_sink = self.transport.rtp_batch_sink()
             return True
 
         return first
@@ -328,15 +336,20 @@ class _PacedBurst:
     viewer sees them in order; once drained, the forwarder's sink is the fast path again.
     """
 
-    def __init__(self, fwd: Forwarder, fast: RtpSink, burst: list[bytes], chunk: int, interval: float) -> None:
+    def __init__(
+        self, fwd: Forwarder, fast: RtpSink, batch: RtpBatchSink | None, burst: list[bytes], chunk: int,
+        interval: float,
+    ) -> None:
         self._fwd = fwd
         self._fast = fast
+        self._batch = batch
         self._queue: deque[bytes] = deque(burst)
         self._chunk = chunk
         self._interval = interval
 
     def start(self) -> None:
         self._fwd.sink = self._enqueue
+        self._fwd.batch_sink = None  # live packets queue behind the burst, one by one
         self._drain()
 
     def _enqueue(self, payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int, ext: bytes) -> bool:
@@ -351,3 +364,4 @@ class _PacedBurst:
             asyncio.get_running_loop().call_later(self._interval, self._drain)
         else:
             self._fwd.sink = self._fast
+            self._fwd.batch_sink = self._batch
