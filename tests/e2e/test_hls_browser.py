@@ -208,6 +208,26 @@ def _record_publications(node, stream: str) -> list:  # noqa: ANN001
     return out
 
 
+def _skipped_closing_parts(events: list, published: list) -> list:
+    """Segments hls.js buffered parts of, but never the last one, while it went on to later segments: the stall of
+    issue 5 (docs/hls.md, "The stall that was left"). A chained load reports only its last part, so a part missing
+    from the events means nothing by itself; the last part of a segment always shows (alone or ending a chain)."""
+    last: dict[tuple[str, int], int] = {}
+    for rec in published:
+        if isinstance(rec[0], float) and rec[3] is not None:
+            last[(rec[1], rec[2])] = max(last.get((rec[1], rec[2]), -1), rec[3])
+    got: dict[tuple[str, int], set] = {}
+    for e in events:
+        if "sn" in e and e.get("type") in ("main", "audio"):
+            got.setdefault(("video" if e["type"] == "main" else "audio", e["sn"]), set()).add(e["part"])
+    skipped = []
+    for (name, sn), parts in got.items():
+        later = any(n == name and s > sn for n, s in got)
+        if later and None not in parts and (name, sn) in last and last[(name, sn)] not in parts:
+            skipped.append((name, sn, sorted(parts), last[(name, sn)]))
+    return sorted(skipped)
+
+
 async def test_hlsjs_plays_ll_hls_through_nginx_60s_without_stalls():
     """60 s of hls.js through nginx, after a 3 s start: no BUFFER_STALLED_ERROR, no <video> 'waiting', glass-to-
     glass latency <= 2.0 s p50 (the issue's target), hls.latency reported by the page."""
@@ -280,6 +300,7 @@ async def test_hlsjs_plays_ll_hls_through_nginx_60s_without_stalls():
             "part_hold_back": node.settings.hls_part_hold_back, "depacketizer_lost_dropped": dep,
             "origin_loop_lag_max_ms": round(1000 * max((e[2] for e in published if e[0] == "loop-lag"), default=0)),
             "loadavg": os.getloadavg()[0],
+            "closing_parts_skipped": _skipped_closing_parts(diag["events"], published),
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime('%Y%m%d-%H%M%S')
@@ -294,10 +315,12 @@ async def test_hlsjs_plays_ll_hls_through_nginx_60s_without_stalls():
                                [c for c in console if "hls.js" in c][-10:], console[-5:])
         assert len(state["latencies"]) >= 0.8 * PLAY_S * 2, context_for_failure  # sampled every 0.5 s
         assert len(g2g) >= 0.8 * PLAY_S, context_for_failure
+        # issue 5's stall: hls.js never loading a segment's closing part (docs/hls.md, "The stall that was left")
+        assert not result["closing_parts_skipped"], context_for_failure
         # The issue's target is zero stalls after startup (neither hls.js's BUFFER_STALLED_ERROR nor a <video>
-        # 'waiting'). Known defect, issue 5 stays open on it: in ~1 run of 4 on a loaded 2-core machine hls.js's
-        # audio loader never requests a segment's closing part (docs/hls.md, "The remaining stall") and playback
-        # waits once. One such episode is tolerated so CI measures everything else; two fail.
+        # 'waiting'). One episode is tolerated: on a 2-core machine loaded by other work (load average > 8) the
+        # origin's event loop is at times late by more than PART-HOLD-BACK (0.75 s), and playback catches up with
+        # the live edge (docs/hls.md, "Measured"). Two fail.
         assert diag["stalls"] <= 1 and state["stalls"] <= 1, context_for_failure
         assert diag["waits"] <= 1, context_for_failure
         if diag["stalls"] == 0 and diag["waits"] == 0:

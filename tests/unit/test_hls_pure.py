@@ -79,7 +79,31 @@ def test_segmenter_aligned_follower_cuts_at_leader_boundaries():
     s.align_to(2.0)
     cuts = [s.decide(i * 1024 / 48000, True, 1024 / 48000) for i in range(130)]
     starts = [round(i * 1024 / 48000, 3) for i, c in enumerate(cuts) if c is Cut.SEGMENT]
-    assert starts == [0.0, 1.003, 2.005]  # the frame nearest each boundary
+    # at the first part cut after each boundary (44 + 3 frames would leave a 3-frame closing part)
+    assert starts == [0.0, 1.173, 2.112]
+
+
+def test_segmenter_follower_never_closes_a_segment_with_a_short_part():
+    """The stall of issue 5: hls.js 1.7.4 counts a segment as buffered when less than its 0.2 s bufferPadding of it
+    is missing, so a segment whose closing part is shorter than that can be left without it (docs/hls.md). Audio
+    (every part INDEPENDENT, H05's floor does not apply) must close each segment with a part > 0.2 s, and stay
+    within one part of the leader's boundaries."""
+    frame = 1024 / 48000
+    for gop in (1.0, 1.5, 2.0, 0.96):
+        s = Segmenter(0.25, 1.0, 2, aligned=True)
+        boundaries = [gop * k for k in range(1, 12)]
+        for b in boundaries:
+            s.align_to(b)
+        n = int(boundaries[-1] / frame)
+        cuts = [s.decide(i * frame, True, frame) for i in range(n)]
+        starts = [i for i, c in enumerate(cuts) if c is not Cut.NONE]
+        seg_starts = [i for i in starts if cuts[i] is Cut.SEGMENT]
+        lengths = {a: (b - a) * frame for a, b in zip(starts, starts[1:], strict=False)}
+        assert max(lengths.values()) <= 0.25 + 1e-9  # H05
+        closing = [lengths[a] for a, b in zip(starts, starts[1:], strict=False) if cuts[b] is Cut.SEGMENT]
+        assert closing and min(closing) > 0.2 + frame / 2, (gop, closing)  # more than hls.js's bufferPadding
+        for b, i in zip(boundaries, seg_starts[1:], strict=False):
+            assert -frame / 2 - 1e-9 <= i * frame - b < 0.25, (gop, b, i * frame)  # within a part after the boundary
 
 
 def _rendition(parts_per_segment=4, segments=3, part=0.25) -> Rendition:

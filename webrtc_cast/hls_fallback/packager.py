@@ -93,6 +93,7 @@ class _Track:
         self.part_start = 0.0
         self.part_independent = False
         self.part_open = False
+        self.held: tuple[bytes, float, bool] | None = None  # a closed part published with the next cut (segmenter)
         self.last_t: float | None = None
         self.interval = 0.0
         self.samples = 0
@@ -125,7 +126,7 @@ class _Track:
             self.init_done = True
         self.part += frag
         if cut is not Cut.NONE and self.part_open:
-            self._publish_part(t)
+            self._publish_part(t, hold=cut is Cut.PART and self.segmenter.hold(t))
         if cut is Cut.SEGMENT:
             self.rendition.end_segment(t)
             self.rendition.start_segment(t, self.p.pdt(t))
@@ -137,11 +138,23 @@ class _Track:
             self.first_t = t
         self.samples += 1
 
-    def _publish_part(self, end: float) -> None:
-        self.rendition.add_part(bytes(self.part), end - self.part_start, self.part_independent)
+    def _publish_part(self, end: float, hold: bool = False) -> None:
+        """Close the open part. A held part goes out first; ``hold``: keep this one for the next cut."""
+        part = (bytes(self.part), end - self.part_start, self.part_independent)
         self.part = bytearray()
         self.part_open = False
+        self._release_held()
+        if hold:
+            self.held = part
+            return
+        self.rendition.add_part(*part)
         self.p.changed()
+
+    def _release_held(self) -> None:
+        if self.held is not None:
+            self.rendition.add_part(*self.held)
+            self.held = None
+            self.p.changed()
 
     def finish(self, discontinuity: bool) -> None:
         """Flush the writer, close the open part and segment (a source change, a restart or the end)."""
@@ -150,6 +163,7 @@ class _Track:
             self.writer = None
             if self.part_open and self.last_t is not None:
                 self._publish_part(self.last_t + self.interval)
+        self._release_held()
         self.part = bytearray()
         self.part_open = False
         self.rendition.end_segment(0.0)
