@@ -52,7 +52,9 @@ class FragmentWriter:
             self.stream = self._out.add_mux_stream("h264", width=width, height=height)
             self.encoder = None
         else:  # aac: the stream's own encoder, so the esds matches the samples
-            self.stream = self._out.add_stream("aac", rate=sample_rate, layout=layout)
+            # FFmpeg's native AAC encoder with its "fast" coder: ~0.22 ms of CPU per 20 ms of audio here against
+            # ~0.62 ms with the default two-loop search (same bitrate); the packager runs beside the fan-out
+            self.stream = self._out.add_stream("aac", rate=sample_rate, layout=layout, options={"aac_coder": "fast"})
             self.encoder = self.stream.codec_context
             self.encoder.bit_rate = bitrate
             self.encoder.time_base = self.time_base
