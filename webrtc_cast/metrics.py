@@ -12,12 +12,18 @@ from prometheus_client.registry import Collector
 # callbacks read them when /metrics is scraped.
 ForwardingTotals = Callable[[], dict[str, tuple[int, int]]]  # kind -> (packets, bytes)
 IngestTotals = Callable[[], dict[tuple[str, str], tuple[int, int]]]  # (stream, kind) -> (packets, bytes)
+PumpTotals = Callable[[], tuple[int, int, int]]  # ingest pump: packets delivered, runs, audio overtakes
+
+
+def _no_pump() -> tuple[int, int, int]:
+    return 0, 0, 0
 
 
 class _ScrapeTimeCounters(Collector):
-    def __init__(self, forwarding: ForwardingTotals, ingest: IngestTotals) -> None:
+    def __init__(self, forwarding: ForwardingTotals, ingest: IngestTotals, pump: PumpTotals) -> None:
         self._forwarding = forwarding
         self._ingest = ingest
+        self._pump = pump
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         packets = CounterMetricFamily(
@@ -38,14 +44,32 @@ class _ScrapeTimeCounters(Collector):
         for (stream, kind), (n, b) in sorted(self._ingest().items()):
             in_packets.add_metric([stream, kind], n)
             in_bytes.add_metric([stream, kind], b)
+        pumped, runs, overtakes = self._pump()
         yield from (packets, octets, in_packets, in_bytes)
+        yield CounterMetricFamily(
+            "webrtc_cast_ingest_pump_packets", "RTP packets read off publishers' sockets by the ingest pump",
+            value=pumped,
+        )
+        yield CounterMetricFamily(
+            "webrtc_cast_ingest_pump_runs",
+            "Deliveries of several queued video packets at once (one UDP GSO send per viewer): the loop fell behind",
+            value=runs,
+        )
+        yield CounterMetricFamily(
+            "webrtc_cast_ingest_pump_audio_overtakes",
+            "Audio packets forwarded ahead of video that was already waiting in the publisher's socket",
+            value=overtakes,
+        )
 
 
 class NodeMetrics:
-    def __init__(self, forwarding: ForwardingTotals | None = None, ingest: IngestTotals | None = None) -> None:
+    def __init__(
+        self, forwarding: ForwardingTotals | None = None, ingest: IngestTotals | None = None,
+        pump: PumpTotals | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        r.register(_ScrapeTimeCounters(forwarding or dict, ingest or dict))
+        r.register(_ScrapeTimeCounters(forwarding or dict, ingest or dict, pump or _no_pump))
         self.ingest_bitrate = Gauge(
             "webrtc_cast_ingest_bitrate_bps", "Ingest bitrate per track (1 s window)", ["stream", "kind"], registry=r
         )

@@ -41,7 +41,8 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.certificate = generate_certificate()
-        self.metrics = NodeMetrics(self.forwarding_totals, self.ingest_totals)
+        self._retired_pump = [0, 0, 0]
+        self.metrics = NodeMetrics(self.forwarding_totals, self.ingest_totals, self.pump_totals)
         self._retired_forwarding: dict[str, list[int]] = {}  # kind -> [packets, bytes] of closed viewers
         self._retired_ingest: dict[tuple[str, str], list[int]] = {}
         self.broadcasts: dict[str, Broadcast] = {}
@@ -292,7 +293,23 @@ class Node:
                 t[1] += track.buffer.octets
         return {k: (v[0], v[1]) for k, v in totals.items()}
 
+    def pump_totals(self) -> tuple[int, int, int]:
+        """(packets, runs, audio overtakes) of the ingest pumps reading publishers, closed ones included."""
+        totals = list(self._retired_pump)
+        for s in self.sessions.values():
+            pump = getattr(s.transport, "pump", None)
+            if pump is not None:
+                totals[0] += pump.delivered
+                totals[1] += pump.runs
+                totals[2] += pump.overtakes
+        return totals[0], totals[1], totals[2]
+
     def _retire(self, session: Session) -> None:
+        pump = getattr(session.transport, "pump", None)
+        if pump is not None:
+            self._retired_pump[0] += pump.delivered
+            self._retired_pump[1] += pump.runs
+            self._retired_pump[2] += pump.overtakes
         for fwd in getattr(session, "forwarders", {}).values():
             t = self._retired_forwarding.setdefault(fwd.kind, [0, 0])
             t[0] += fwd.sent_packets

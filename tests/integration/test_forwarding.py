@@ -56,6 +56,10 @@ async def test_ffmpeg_whip_to_three_viewers():
             # FFmpeg's media is read by the ingest pump (audio ahead of queued video), not aiortc's receive loop
             publisher = next(s for s in node.sessions.values() if s.role == "whip")
             assert publisher.transport.pump is not None and publisher.transport.pump.delivered > 1000
+            async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as r:
+                metrics = await r.text()
+            pumped = [ln for ln in metrics.splitlines() if ln.startswith("webrtc_cast_ingest_pump_packets_total")]
+            assert pumped and float(pumped[0].split()[-1]) > 1000
         finally:
             out, err = await asyncio.to_thread(proc.communicate, timeout=30)
         assert proc.returncode == 0, err[-2000:]
