@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import threading
 import time
 
 import aiohttp
@@ -15,6 +17,7 @@ import m3u8
 from tests.conftest import run_node
 from tests.integration.test_forwarding import ffmpeg_publisher, wait_live
 from tests.unit.hls_media import rtp_feed
+from webrtc_cast.hls_fallback.http import TRANSCODE_NICE
 from webrtc_cast.timecode import read_timestamp
 
 
@@ -43,6 +46,9 @@ async def test_ll_hls_from_an_ffmpeg_whip_publisher():
             async with aiohttp.ClientSession() as http:
                 await wait_hls(http, base, "ll")
                 await check_origin(http, base, "ll")
+            # the audio transcode ran on its own thread, niced so that the forwarding loop preempts it
+            transcoders = [t for t in threading.enumerate() if t.name.startswith("hls-transcode")]
+            assert transcoders and os.getpriority(os.PRIO_PROCESS, transcoders[0].native_id) == TRANSCODE_NICE
         finally:
             await asyncio.to_thread(proc.communicate, timeout=30)
         assert node.broadcasts.get("ll") is None or node.broadcasts["ll"].tap_errors == 0

@@ -26,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import os
 import re
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +48,17 @@ from webrtc_cast.sfu_tree.broadcast import Broadcast
 logger = logging.getLogger(__name__)
 
 SWITCH_INTERVAL = 0.0005  # seconds: the longest the transcode thread keeps the GIL from the forwarding loop
+# Linux nice value of the transcode thread (per thread): on a busy core the forwarding loop's thread, woken by a
+# packet, then preempts it instead of waiting out its time slice. Not SCHED_IDLE: a thread that can be starved
+# while it holds the GIL would stall the loop whenever other processes keep the core busy.
+TRANSCODE_NICE = 5
+
+
+def _lower_transcode_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TRANSCODE_NICE)
+    except (AttributeError, OSError) as exc:  # not Linux, or not allowed: normal priority
+        logger.info("hls: transcode thread keeps its priority (%s)", exc)
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 HLS_JS = Path(__file__).resolve().parents[2] / "node_modules" / "hls.js" / "dist" / "hls.min.js"
@@ -102,7 +115,9 @@ class HlsService:
         self._groups: dict[str, dict[tuple, _Group]] = {}  # stream -> (rendition, msn, part, skip, gzip) -> group
         self._release_due: set[str] = set()
         # Opus -> AAC for every broadcast, off the forwarding loop (PyAV releases the GIL inside the codecs)
-        self._transcoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hls-transcode")
+        self._transcoder = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="hls-transcode", initializer=_lower_transcode_priority
+        )
         # The thread holds the GIL between codec calls; CPython hands it back to the forwarding loop only every
         # switch interval (5 ms by default), which would show in the WebRTC viewers' p99 delay.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
