@@ -39,6 +39,7 @@ import aiohttp
 
 from benchmarks.lean_viewer import H264Clip, LeanPublisher, LeanViewer, Recorder, encode_clip_at
 from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport, generate_certificate
+from webrtc_cast.workers import stop_processes
 
 logger = logging.getLogger("fanout")
 
@@ -794,12 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, proc.pid, f"http://127.0.0.1:{port}", clip, proc)
         report = asyncio.run(asyncio.wait_for(bench.run(), args.budget + 120))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_processes([proc], 10)
     report["server_log_tail"] = log_path.read_text(errors="replace").splitlines()[-5:]
     text = json.dumps(report, indent=2)
     print(text)

@@ -52,6 +52,7 @@ import aiohttp
 
 from benchmarks import fanout
 from benchmarks.lean_viewer import AUDIO_PT, H264_FMTP, VIDEO_PT, H264Clip, LeanPublisher, LeanViewer
+from webrtc_cast.workers import stop_processes
 
 logger = logging.getLogger("vs_janus")
 
@@ -290,7 +291,7 @@ def run_cast(args: argparse.Namespace, clip: H264Clip, name: str = "webrtc-cast"
         bench.name = name
         report = asyncio.run(asyncio.wait_for(bench.run(), args.budget + 60))
     finally:
-        _stop(proc)
+        stop_processes([proc], 15)
     report["server_log_tail"] = log_path.read_text(errors="replace").splitlines()[-5:]
     return report
 
@@ -306,7 +307,7 @@ def run_janus(args: argparse.Namespace, clip: H264Clip) -> dict:
         report = asyncio.run(asyncio.wait_for(bench.run(), args.budget + 60))
         report["server_version"] = janus_version()
     finally:
-        _stop(proc)
+        stop_processes([proc], 15)
         tail = log_path.read_text(errors="replace").splitlines()[-5:] if log_path.exists() else []
         shutil.rmtree(root, ignore_errors=True)
     report["server_log_tail"] = tail
@@ -318,15 +319,6 @@ def janus_version() -> str:
         out = subprocess.run(["janus", "--version"], capture_output=True, text=True, timeout=10).stdout
         return out.splitlines()[0].strip()
     return "?"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 # --- summary ----------------------------------------------------------------------------------------------------

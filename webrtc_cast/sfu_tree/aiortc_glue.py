@@ -288,6 +288,12 @@ class _TapDtlsTransport(RTCDtlsTransport):
     pumped_srtp_errors = 0
     on_rtp_run: Callable[[list[bytes], float], None] | None = None  # several packets of one SSRC at once
 
+    def _handler_failed(self, what: str) -> None:
+        """Count a handler's exception (logged the first time and every 1000th): it must not end the session."""
+        self.handler_errors += 1
+        if self.handler_errors == 1 or self.handler_errors % 1000 == 0:
+            logger.exception("%s handler failed (%d so far)", what, self.handler_errors)
+
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:  # aiortc internal hook
         self.deliver_rtp(data, arrival_time_ms / 1000.0)
         if self.on_slow_rtp is not None:
@@ -299,9 +305,7 @@ class _TapDtlsTransport(RTCDtlsTransport):
             try:
                 self.on_rtp(data, arrival)
             except Exception:  # a bug in one packet's handling must not end the session (aiortc stops its loop)
-                self.handler_errors += 1
-                if self.handler_errors == 1 or self.handler_errors % 1000 == 0:
-                    logger.exception("RTP handler failed (%d so far)", self.handler_errors)
+                self._handler_failed("RTP")
 
     def deliver_srtp(self, run: list[bytes]) -> None:
         """SRTP packets read by the ingest pump (one, or a run of one SSRC): decrypt and deliver, as aiortc's
@@ -321,9 +325,7 @@ class _TapDtlsTransport(RTCDtlsTransport):
             try:
                 self.on_rtp_run(plain, now)
             except Exception:
-                self.handler_errors += 1
-                if self.handler_errors == 1 or self.handler_errors % 1000 == 0:
-                    logger.exception("RTP handler failed (%d so far)", self.handler_errors)
+                self._handler_failed("RTP")
             return
         for data in plain:
             self.deliver_rtp(data, now)
@@ -334,9 +336,7 @@ class _TapDtlsTransport(RTCDtlsTransport):
             try:
                 self.on_rtcp(data)
             except Exception:
-                self.handler_errors += 1
-                if self.handler_errors == 1 or self.handler_errors % 1000 == 0:
-                    logger.exception("RTCP handler failed (%d so far)", self.handler_errors)
+                self._handler_failed("RTCP")
 
 
 class PeerTransport:

@@ -262,6 +262,8 @@ class Broadcast:
     def _fan_out_run(
         self, track: SourceTrack, group: list[tuple[Packet, bool, rtp_header.RtpHeader, bytes]], now: float
     ) -> int:
+        # The batched twin of the per-packet loop in on_rtp (kept separate so that loop builds nothing per
+        # viewer): a change to what a viewer is sent (header bits, extension block, counters) goes in both.
         key = track.key
         entries = [
             (pkt, keyframe, memoryview(data)[hdr.payload_offset :], 0xA0 if hdr.padding else 0x80,
