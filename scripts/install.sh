@@ -35,11 +35,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -qq --upgrade pip
 if [ "$want_test" = 1 ]; then
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -qq -e ".[test]"
 else
-  .venv/bin/python -m pip install -q -e .
+  .venv/bin/python -m pip install -qq -e .
 fi
 
 # Front-end packages (hls.js for the /watch page's LL-HLS fallback) from npm into ./node_modules (gitignored,

@@ -7,4 +7,8 @@ echo "== ruff"
 .venv/bin/ruff check .
 echo "== pytest"
 export CI="${CI:-true}"
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Each test has its own timeout (pyproject.toml); this bounds the whole run as well, so a hang that outlives
+# them ends the run with pytest's summary (SIGINT) instead of running into the CI's limit.
+SUITE_TIMEOUT="${SUITE_TIMEOUT:-2700}"
+timeout --signal=INT --kill-after=120 "$SUITE_TIMEOUT" \
+  .venv/bin/python -m pytest -q -p no:cacheprovider --tb=short --durations=12 "$@"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import os
 import socket
+import sys
+import threading
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -19,6 +23,35 @@ from webrtc_cast.settings import Settings
 from webrtc_cast.sfu_tree.aiortc_glue import use_ice_hosts
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# pytest-timeout fails a test that runs past `timeout` (pyproject.toml). Its dump shows threads, and an asyncio
+# test's main thread is only ever in select(); so this long before the timeout, the stacks of the pending asyncio
+# tasks are written to stderr as well: where a hung test waits.
+TASK_DUMP_LEAD = 20.0
+
+
+def _dump_pending_tasks(nodeid: str) -> None:
+    tasks = [o for o in gc.get_objects() if isinstance(o, asyncio.Task) and not o.done()]
+    out = sys.__stderr__
+    out.write(f"\n==== {nodeid}: close to its timeout; {len(tasks)} pending asyncio tasks ====\n")
+    for task in tasks:
+        with contextlib.suppress(Exception):
+            task.print_stack(limit=12, file=out)
+    out.flush()
+
+
+@pytest.fixture(autouse=True)
+def _pending_task_dump(request: pytest.FixtureRequest):
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout") or 0)
+    timer = None
+    if limit > TASK_DUMP_LEAD:
+        timer = threading.Timer(limit - TASK_DUMP_LEAD, _dump_pending_tasks, args=(request.node.nodeid,))
+        timer.daemon = True
+        timer.start()
+    yield
+    if timer is not None:
+        timer.cancel()
 
 
 def free_port() -> int:

@@ -39,6 +39,7 @@ async def wait_hls(http, base: str, stream: str, timeout: float = 15.0) -> None:
 
 
 async def test_ll_hls_from_an_ffmpeg_whip_publisher():
+    transcoders: list[threading.Thread] = []
     async with run_node() as (base, node):
         proc = ffmpeg_publisher(f"{base}/whip/ll", seconds=14)
         try:
@@ -47,11 +48,15 @@ async def test_ll_hls_from_an_ffmpeg_whip_publisher():
                 await wait_hls(http, base, "ll")
                 await check_origin(http, base, "ll")
             # the audio transcode ran on its own thread, niced so that the forwarding loop preempts it
-            transcoders = [t for t in threading.enumerate() if t.name.startswith("hls-transcode")]
+            transcoders += [t for t in threading.enumerate() if t.name.startswith("hls-transcode")]
             assert transcoders and os.getpriority(os.PRIO_PROCESS, transcoders[0].native_id) == TRANSCODE_NICE
         finally:
             await asyncio.to_thread(proc.communicate, timeout=30)
         assert node.broadcasts.get("ll") is None or node.broadcasts["ll"].tap_errors == 0
+    # a node that shuts down lets its transcode thread go
+    for t in transcoders:
+        await asyncio.to_thread(t.join, 5)
+    assert not any(t.is_alive() for t in transcoders)
 
 
 async def check_origin(http: aiohttp.ClientSession, base: str, stream: str) -> None:

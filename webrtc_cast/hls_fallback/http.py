@@ -141,10 +141,17 @@ class HlsService:
 
         broadcast.taps.append(tap)
 
+    def close(self) -> None:
+        """Let the transcode thread go (the app's cleanup): queued jobs are dropped, a running one finishes."""
+        self._transcoder.shutdown(wait=False, cancel_futures=True)
+
     def _offload(self, job, done) -> None:  # noqa: ANN001 - packager.Offload
         """Run a packager job (audio transcode) on the transcode thread; ``done`` runs back on the loop, in order
         (one worker thread: jobs finish in the order they were given)."""
-        future = asyncio.get_running_loop().run_in_executor(self._transcoder, job)
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._transcoder, job)
+        except RuntimeError:  # closed: the node is shutting down, the audio is not needed any more
+            return
 
         def finished(f: asyncio.Future) -> None:
             try:
@@ -418,7 +425,12 @@ async def hls_js(_: web.Request) -> web.StreamResponse:
 
 def register_hls_routes(app: web.Application, node: Node) -> None:
     """Add the LL-HLS origin to ``app`` (one line in signaling.http_api.create_app)."""
-    app[HLS_KEY] = HlsService(node)
+    service = app[HLS_KEY] = HlsService(node)
+
+    async def on_cleanup(_: web.Application) -> None:
+        service.close()
+
+    app.on_cleanup.append(on_cleanup)
     app.router.add_get("/static/vendor/hls.min.js", hls_js)
     app.router.add_get("/hls/{stream}/{rendition}.m3u8", playlist)
     app.router.add_get("/hls/{stream}/{rendition}/{epoch}/{file}", media)
