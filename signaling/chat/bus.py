@@ -22,6 +22,13 @@ logger = logging.getLogger(__name__)
 EventHandler = Callable[[str, dict], None]  # (room, event), called in bus order
 ResyncHandler = Callable[[], None]  # the bus lost events (reconnected): reload every room's snapshot
 
+# RedisBus's subscription waits for a message at most this long before it looks at its stop flag again.
+# Why a flag besides Task.cancel(): redis-py can swallow a cancellation that lands while its read timeout
+# expires (redis/redis-py#2028, #2551); the reader then went on forever and a node's shutdown never ended.
+READ_POLL = 1.0
+# How long RedisBus.stop waits for the reader to end before it gives up on it (logged).
+READER_STOP_TIMEOUT = 3.0
+
 
 @dataclass(slots=True)
 class Snapshot:
@@ -114,6 +121,7 @@ class RedisBus:
         self.node_id = os.urandom(6).hex()
         self._client = None
         self._reader: asyncio.Task | None = None
+        self._stopping = False
         self._on_event: EventHandler | None = None
         self._on_resync: ResyncHandler | None = None
         self._loading: dict[str, list[dict]] = {}
@@ -136,12 +144,15 @@ class RedisBus:
         await asyncio.wait_for(self.connected.wait(), 10)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(BaseException):
-                await self._reader
+            done, _ = await asyncio.wait({self._reader}, timeout=READER_STOP_TIMEOUT)
+            if not done:
+                logger.warning("chat: the Redis reader did not stop within %.0f s; left behind", READER_STOP_TIMEOUT)
         if self._client is not None:
-            await self._client.aclose()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._client.aclose(), READER_STOP_TIMEOUT)
 
     async def _read_loop(self) -> None:
         from redis.exceptions import RedisError
@@ -150,7 +161,7 @@ class RedisBus:
         head, tail = len(self.prefix) + 1, -len(":events")
         backoff = 0.2
         first = True
-        while True:
+        while not self._stopping:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(pattern)
@@ -158,8 +169,8 @@ class RedisBus:
                 if not first and self._on_resync is not None:
                     self._on_resync()
                 first, backoff = False, 0.2
-                while True:
-                    msg = await pubsub.get_message(timeout=5.0)
+                while not self._stopping:
+                    msg = await pubsub.get_message(timeout=READ_POLL)
                     if msg is None or msg.get("type") != "pmessage":
                         continue
                     room = msg["channel"].decode()[head:tail]
@@ -175,6 +186,8 @@ class RedisBus:
                         loading.append(event)
                     elif self._on_event is not None:
                         self._on_event(room, event)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
             except asyncio.CancelledError:
                 with contextlib.suppress(BaseException):
                     await pubsub.aclose()

@@ -21,7 +21,7 @@ from collections import Counter
 from aiohttp import WSMsgType, web
 
 from signaling.chat import protocol as p
-from signaling.chat.bus import MemoryBus, RedisBus
+from signaling.chat.bus import READER_STOP_TIMEOUT, MemoryBus, RedisBus
 from signaling.chat.room import Limits, Member, Room
 
 logger = logging.getLogger(__name__)
@@ -81,9 +81,8 @@ class ChatService:
 
     async def stop(self) -> None:
         if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(BaseException):
-                await self._ticker
+            self._ticker.cancel()  # bounded: its bus call could swallow the cancellation (see bus.READ_POLL)
+            await asyncio.wait({self._ticker}, timeout=READER_STOP_TIMEOUT)
         for t in list(self._background):
             t.cancel()
         await self.bus.stop()

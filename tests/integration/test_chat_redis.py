@@ -145,3 +145,31 @@ async def test_moderation_and_reactions_across_nodes(redis_url: str, session) ->
             ids = [m["id"] for m in history["messages"]]
             assert len(ids) == 9 and msgs[-2]["id"] not in ids and ids[-1] == msgs[-1]["id"]
             assert history["pinned"]["id"] == msgs[-1]["id"] and history["slow_mode"] == 5
+
+
+async def test_node_shutdown_ends_even_when_redis_swallows_the_readers_cancellation(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py can swallow a cancellation that lands in its read timeout (redis/redis-py#2028, #2551); the
+    reader then never ended and neither did the node's shutdown. Here every cancellation is swallowed."""
+    from redis.asyncio.client import PubSub
+
+    from signaling.chat.bus import READ_POLL, RedisBus
+
+    real = PubSub.get_message
+
+    async def swallowing(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        try:
+            return await real(self, *args, **kwargs)
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            return None
+
+    monkeypatch.setattr(PubSub, "get_message", swallowing)
+    bus = RedisBus(redis_url, "t", history=10, ttl=60, viewers_interval=1.0)
+    await bus.start(lambda room, event: None, lambda: None)
+    await asyncio.sleep(0.2)  # the reader is waiting in get_message
+    started = time.monotonic()
+    await asyncio.wait_for(bus.stop(), 10)
+    assert time.monotonic() - started < READ_POLL + 1.0
+    assert bus._reader is not None and bus._reader.done()
