@@ -166,6 +166,8 @@ DIAG = """() => {
 }"""
 
 PLAY_S = 60.0
+# Parts are ~0.23 s apart; a publication gap this long eats most of PART-HOLD-BACK (0.75 s): the origin starved
+STARVED_GAP = 0.6
 
 
 async def _loop_lag(out: list) -> None:
@@ -206,6 +208,12 @@ def _record_publications(node, stream: str) -> list:  # noqa: ANN001
 
     packager.on_change = on_change
     return out
+
+
+def _max_part_gap(published: list, rendition: str, start: float, end: float) -> float:
+    """The longest time the origin published no part of ``rendition`` between ``start`` and ``end`` (wall)."""
+    times = [r[0] for r in published if isinstance(r[0], float) and r[1] == rendition and start <= r[0] <= end]
+    return round(max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0), 3)
 
 
 def _skipped_closing_parts(events: list, published: list) -> list:
@@ -257,6 +265,7 @@ async def test_hlsjs_plays_ll_hls_through_nginx_60s_without_stalls():
                 await asyncio.sleep(3.0)  # startup: hls.js settles on its live edge
                 await page.evaluate(DIAG)
                 await page.evaluate("() => { window.castHls.stalls = 0; window.castHls.latencies.length = 0; }")
+                window_start = time.time()
                 g2g: list[float] = []
                 pdt: list[float] = []
                 playback: list = []
@@ -301,6 +310,8 @@ async def test_hlsjs_plays_ll_hls_through_nginx_60s_without_stalls():
             "origin_loop_lag_max_ms": round(1000 * max((e[2] for e in published if e[0] == "loop-lag"), default=0)),
             "loadavg": os.getloadavg()[0],
             "closing_parts_skipped": _skipped_closing_parts(diag["events"], published),
+            "origin_part_gap_max_s": _max_part_gap(published, "video", window_start - 1.0, window_start + PLAY_S),
+            "parsing_errors": [e for e in diag["events"] if e.get("error") == "fragParsingError"],
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime('%Y%m%d-%H%M%S')
@@ -317,12 +328,16 @@ async def test_hlsjs_plays_ll_hls_through_nginx_60s_without_stalls():
         assert len(g2g) >= 0.8 * PLAY_S, context_for_failure
         # issue 5's stall: hls.js never loading a segment's closing part (docs/hls.md, "The stall that was left")
         assert not result["closing_parts_skipped"], context_for_failure
-        # The issue's target is zero stalls after startup (neither hls.js's BUFFER_STALLED_ERROR nor a <video>
-        # 'waiting'). One episode is tolerated: on a 2-core machine loaded by other work (load average > 8) the
-        # origin's event loop is at times late by more than PART-HOLD-BACK (0.75 s), and playback catches up with
-        # the live edge (docs/hls.md, "Measured"). Two fail.
-        assert diag["stalls"] <= 1 and state["stalls"] <= 1, context_for_failure
-        assert diag["waits"] <= 1, context_for_failure
+        # hls.js's worker race ("Found no media": a back-buffer remove between a part's parse and its flush drops
+        # the fragment; docs/hls.md) is avoided by enableWorker: false in web/js/hls-fallback.js
+        assert not result["parsing_errors"], context_for_failure
+        # The issue's target: zero stalls after startup (neither hls.js's BUFFER_STALLED_ERROR nor a <video>
+        # 'waiting'). One episode is tolerated only when the origin itself was starved: no video part published for
+        # longer than STARVED_GAP in the window (a 2-core machine loaded by other work, load average > 8, makes
+        # the origin's event loop late by more than PART-HOLD-BACK; docs/hls.md, "Measured"). Two always fail.
+        allowed = 1 if result["origin_part_gap_max_s"] > STARVED_GAP else 0
+        assert diag["stalls"] <= allowed and state["stalls"] <= allowed, context_for_failure
+        assert diag["waits"] <= allowed, context_for_failure
         if diag["stalls"] == 0 and diag["waits"] == 0:
             # no part was skipped: the last 30 s (backBufferLength) are one buffered range, without holes
             assert state["ranges"] == 1, context_for_failure

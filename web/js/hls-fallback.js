@@ -62,8 +62,14 @@ export async function startHls(video, stream, { onStatus = () => {} } = {}) {
   // maxLiveSyncPlaybackRate: play up to 25 % fast to get back to the target latency after a hiccup (a 4 s
   // stall is caught up in ~16 s; at 1.1 it took ~40 s, a minute of viewing several seconds behind).
   // ?hlsdebug on the page URL turns on hls.js's own log (the browser test keeps it when a run stalls).
+  // enableWorker: false: the fMP4 parts are only passed through (no TS demux), and in hls.js's worker the parsed
+  // result and the flush of a part come back as two messages. A back-buffer SourceBuffer.remove() completing between
+  // them (BUFFER_FLUSHED -> fragment-tracker detectEvictedFragments) drops the still-unbuffered fragment and clears
+  // its elementaryStreams, so updateLevelTiming reports "Found no media", marks the segment a gap and playback
+  // stalls. On the main thread both run in one task and the remove's 'updateend' cannot fall between.
   const hls = new Hls({
     lowLatencyMode: true,
+    enableWorker: false,
     backBufferLength: 30,
     maxLiveSyncPlaybackRate: 1.25,
     debug: new URLSearchParams(location.search).has("hlsdebug"),
