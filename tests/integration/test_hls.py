@@ -1,24 +1,75 @@
 """LL-HLS origin over HTTP on loopback: FFmpeg's WHIP muxer publishes H.264 + Opus; playlists and media are
-fetched, checked with PyPI m3u8 and PyAV. H-numbers: ../shared/conformance.md §3.
+fetched, checked with PyPI m3u8, npm hls-parser (strict mode) and PyAV. H-numbers: ../shared/conformance.md §3.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
+import shutil
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import aiohttp
 import av
 import m3u8
+import pytest
 
-from tests.conftest import run_node
+from tests.conftest import IN_CI, run_node
 from tests.integration.test_forwarding import ffmpeg_publisher, wait_live
 from tests.unit.hls_media import rtp_feed
 from webrtc_cast.hls_fallback.http import TRANSCODE_NICE
 from webrtc_cast.timecode import read_timestamp
+
+ROOT = Path(__file__).resolve().parents[2]
+HLS_PARSER = ROOT / "node_modules" / "hls-parser"
+
+
+def hls_parser_strict(texts: list[str]) -> list[dict]:
+    """Each playlist through npm hls-parser in strict mode (tests/peers/hls_parser_strict.js): a summary, or
+    {ok: False, error} when the parser refuses it."""
+    node = shutil.which("node")
+    if node is None or not HLS_PARSER.is_dir():
+        message = "node and npm hls-parser are needed (scripts/install.sh --test runs npm ci)"
+        if IN_CI:
+            pytest.fail(f"CI=true and {message}", pytrace=False)
+        pytest.skip(message)
+    out = subprocess.run([node, str(ROOT / "tests" / "peers" / "hls_parser_strict.js")], input=json.dumps(texts),
+                         capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(out.stdout)
+
+
+async def check_with_hls_parser(http: aiohttp.ClientSession, base: str, stream: str, seconds: float = 3.0) -> None:
+    """The multivariant and media playlists of a live stream, plain, blocking and delta, over a few seconds:
+    all accepted by hls-parser's strict mode (its LL-HLS rules: PART-INF with parts, PART-HOLD-BACK >= PART-TARGET,
+    parts <= PART-TARGET and >= 0.85 x of it but the last, a PART preload hint, rendition reports, CAN-SKIP-UNTIL
+    >= 6 x TD, parts only on the last three parents)."""
+    hls = f"{base}/hls/{stream}"
+    texts: list[tuple[str, str]] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for name in ("index.m3u8", "video.m3u8", "audio.m3u8", "video.m3u8?_HLS_skip=YES"):
+            status, _, body, _ = await get(http, f"{hls}/{name}")
+            assert status == 200, name
+            texts.append((name, body.decode()))
+        last = m3u8.loads(texts[-3][1])
+        msn = last.media_sequence + len([x for x in last.segments if x.uri])
+        status, _, body, _ = await get(http, f"{hls}/video.m3u8?_HLS_msn={msn}&_HLS_part=1")  # blocks
+        assert status == 200
+        texts.append(("blocking", body.decode()))
+        await asyncio.sleep(0.3)
+    results = await asyncio.to_thread(hls_parser_strict, [t for _, t in texts])
+    refused = [(name, r["error"]) for (name, _), r in zip(texts, results, strict=True) if not r["ok"]]
+    assert not refused, refused
+    media = [r for r in results if not r["master"]]
+    assert all(r["partTargetDuration"] == 0.25 and r["segments"][-1]["parts"] for r in media)
+    assert all(r["renditionReports"] for r in media)  # H44
+    master = next(r for r in results if r["master"])
+    assert master["variants"][0]["codecs"].startswith("avc1.") and master["variants"][0]["audio"] == ["aac"]
 
 
 async def get(http: aiohttp.ClientSession, url: str, **kw) -> tuple[int, dict, bytes, float]:
@@ -47,6 +98,7 @@ async def test_ll_hls_from_an_ffmpeg_whip_publisher():
             async with aiohttp.ClientSession() as http:
                 await wait_hls(http, base, "ll")
                 await check_origin(http, base, "ll")
+                await check_with_hls_parser(http, base, "ll")
             # the audio transcode ran on its own thread, niced so that the forwarding loop preempts it
             transcoders += [t for t in threading.enumerate() if t.name.startswith("hls-transcode")]
             assert transcoders and os.getpriority(os.PRIO_PROCESS, transcoders[0].native_id) == TRANSCODE_NICE

@@ -2,7 +2,7 @@
 
 One small type per thing a playlist lists; :func:`render_media` and :func:`render_multivariant` turn them into
 text. The H-numbers refer to ../shared/conformance.md §3; the tests check each against this output and against
-an independent parser (PyPI ``m3u8``).
+independent parsers (PyPI ``m3u8``; npm ``hls-parser`` in strict mode).
 """
 
 from __future__ import annotations
@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 VERSION = 9  # EXT-X-SKIP needs 9 (H13); EXT-X-MAP with fMP4 needs 6
+# EXT-X-PART tags are listed for the last PART_PARENTS parent segments (the open one included), and never for one
+# that ended more than 3 x TD before the end (H19). Players start PART-HOLD-BACK (~0.75 s) from the end and need
+# parts of the last one or two; hls-parser's strict mode rejects parts on older parents; and every blocking reload
+# of every viewer carries these lines.
+PART_PARENTS = 3
 
 
 @dataclass(slots=True)
@@ -126,11 +131,12 @@ def render_media(view: MediaView, skip: str | None = None) -> str:
             tag += ',RECENTLY-REMOVED-DATERANGES=""'
         out.append(tag)
     listed = view.segments[n_skip:]
-    # H19: EXT-X-PART tags are listed for the last 3 x TD only
+    # H19: EXT-X-PART tags are listed for the last 3 x TD only, and for the last PART_PARENTS parents
     end = listed[-1].start + sum(p.duration for p in listed[-1].parts) if listed else 0.0
     parts_from = end - 3 * view.target_duration
+    first_parent = len(listed) - PART_PARENTS
     current_init: int | None = None
-    for seg in listed:
+    for index, seg in enumerate(listed):
         # H08: DISCONTINUITY, MAP and PROGRAM-DATE-TIME come before the segment's first EXT-X-PART
         if seg.discontinuity and seg is not view.segments[0]:
             out.append("#EXT-X-DISCONTINUITY")
@@ -139,7 +145,7 @@ def render_media(view: MediaView, skip: str | None = None) -> str:
             current_init = seg.init
         out.append(f"#EXT-X-PROGRAM-DATE-TIME:{format_pdt(seg.pdt)}")
         seg_end = seg.start + (seg.duration if seg.duration is not None else 0.0)
-        if not seg.complete or seg_end > parts_from:
+        if not seg.complete or (seg_end > parts_from and index >= first_parent):
             for i, part in enumerate(seg.parts):
                 attrs = f'DURATION={_num(round(part.duration, 5))},URI="{part_uri(view.prefix, seg.msn, i)}"'
                 if part.independent:
