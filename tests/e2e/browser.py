@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.conftest import missing_peer
 
 CHROMIUM = os.environ.get("CAST_CHROMIUM", "/usr/bin/chromium")
 
@@ -44,15 +44,9 @@ CHROMIUM_ARGS = [
 SCREENSHOT_DIR_ENV = "CAST_SCREENSHOT_DIR"
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
 def unavailable(reason: str) -> None:
     """Fail under CI=true, skip otherwise."""
-    if in_ci():
-        pytest.fail(f"CI=true and the browser is unavailable: {reason}", pytrace=False)
-    pytest.skip(reason)
+    missing_peer(f"the browser is unavailable: {reason}")
 
 
 def free_port() -> int:

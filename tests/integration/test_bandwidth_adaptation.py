@@ -46,6 +46,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import missing_peer
 from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, chromium_context
 
 pytestmark = pytest.mark.e2e
@@ -68,14 +69,8 @@ QUEUE_LATENCY_MS = 200  # the tbf queue's longest wait before it drops (a modest
 CMD_TIMEOUT_S = 10.0
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
 def _unavailable(reason: str) -> None:
-    if _in_ci():
-        pytest.fail(f"CI=true and the bandwidth-limit setup is unavailable: {reason}", pytrace=False)
-    pytest.skip(reason)
+    missing_peer(f"the bandwidth-limit setup is unavailable: {reason}")
 
 
 def _run(*cmd: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

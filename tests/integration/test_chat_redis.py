@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from signaling.chat import protocol as p
-from tests.conftest import IN_CI, free_port, run_node
+from tests.conftest import free_port, missing_peer, run_node
 from tests.integration.test_chat import Client
 
 
@@ -23,10 +23,7 @@ async def redis_server(directory: Path) -> AsyncIterator[str]:
     """A private redis-server on a free 127.0.0.1 port, no persistence; yields its URL."""
     exe = shutil.which("redis-server")
     if exe is None:
-        message = "redis-server is not installed (apt-get install -y redis-server)"
-        if IN_CI:
-            pytest.fail(f"CI=true and {message}", pytrace=False)
-        pytest.skip(message)
+        missing_peer("redis-server is not installed (apt-get install -y redis-server)")
     port = free_port()
     proc = subprocess.Popen(
         [exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",

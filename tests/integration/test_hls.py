@@ -17,9 +17,8 @@ from pathlib import Path
 import aiohttp
 import av
 import m3u8
-import pytest
 
-from tests.conftest import IN_CI, run_node
+from tests.conftest import missing_peer, run_node
 from tests.integration.test_forwarding import ffmpeg_publisher, wait_live
 from tests.unit.hls_media import rtp_feed
 from webrtc_cast.hls_fallback.http import TRANSCODE_NICE
@@ -34,10 +33,7 @@ def hls_parser_strict(texts: list[str]) -> list[dict]:
     {ok: False, error} when the parser refuses it."""
     node = shutil.which("node")
     if node is None or not HLS_PARSER.is_dir():
-        message = "node and npm hls-parser are needed (scripts/install.sh --test runs npm ci)"
-        if IN_CI:
-            pytest.fail(f"CI=true and {message}", pytrace=False)
-        pytest.skip(message)
+        missing_peer("node and npm hls-parser are needed (scripts/install.sh --test runs npm ci)")
     out = subprocess.run([node, str(ROOT / "tests" / "peers" / "hls_parser_strict.js")], input=json.dumps(texts),
                          capture_output=True, text=True, timeout=60, check=True)
     return json.loads(out.stdout)

@@ -30,9 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
-from tests.conftest import IN_CI
+from tests.conftest import missing_peer
 from tests.integration.tree_viewer import watch_tree
 from webrtc_cast.workers import stop_processes
 
@@ -52,9 +51,7 @@ def _require_netns() -> None:
     elif subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
         problem = "`ip netns` does not work here"
     if problem:
-        if IN_CI:
-            pytest.fail(f"CI=true and {problem}", pytrace=False)
-        pytest.skip(problem)
+        missing_peer(problem)
 
 
 def _ip(*args: str) -> None:
