@@ -28,9 +28,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from signaling.sdp import Codec
 from webrtc_cast.rtp.header import build as build_rtp
 from webrtc_cast.rtp.srtp_gcm import GcmProtector
+from webrtc_cast.sdp.description import Codec
 from webrtc_cast.sfu_tree import aiortc_glue
 from webrtc_cast.sfu_tree.broadcast import Broadcast, PublishedTrack
 from webrtc_cast.sfu_tree.forwarder import Forwarder

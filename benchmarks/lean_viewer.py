@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import pylibsrtp
 
-from signaling import sdp
 from webrtc_cast.rtp.header import build as build_rtp
+from webrtc_cast.sdp import description as sdp
 from webrtc_cast.sfu_tree.aiortc_glue import LocalParameters, PeerTransport
 
 AUDIO_PT = 111

@@ -14,14 +14,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-from signaling import sdp, whep_extensions
-from signaling.auth import AuthError, check_bearer
+from signaling import whep_extensions
+from signaling.app_keys import NODE_KEY
 from signaling.chat.http import register_chat_routes
-from signaling.rate_limit import RateLimiter
-from signaling.tickets import check_ticket, ticket_keys
 from signaling.tree_http import full_response, placement_response, register_tree_routes
+from webrtc_cast.access.rate_limit import RateLimiter
+from webrtc_cast.access.tickets import check_ticket, ticket_keys
+from webrtc_cast.access.tokens import AuthError, check_bearer
 from webrtc_cast.hls_fallback.http import register_hls_routes
 from webrtc_cast.node import STREAM_NAME, Node, NodeFull, NotLive
+from webrtc_cast.sdp import description as sdp
 from webrtc_cast.sfu_tree.sessions import Session
 from webrtc_cast.sfu_tree.tree import Tree
 
@@ -33,7 +35,6 @@ CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After",
 }
-NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
 
 DEFAULT_WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
@@ -339,6 +340,7 @@ def server_ssl_context(node_settings: object) -> ssl.SSLContext | None:
 def create_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[cors_and_errors], client_max_size=node.settings.max_sdp_bytes + 1024)
     app[NODE_KEY] = node
+    node.on_broadcast_event.append(whep_extensions.notify)
     app[LIMITER_KEY] = RateLimiter(node.settings.http_requests_per_second, node.settings.http_burst)
     web_root = Path(node.settings.web_root or os.environ.get("WEBRTC_CAST_WEB_ROOT", DEFAULT_WEB_ROOT))
     for role in ("whip", "whep", "relay"):

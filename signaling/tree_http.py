@@ -20,10 +20,11 @@ import time
 
 from aiohttp import web
 
-from signaling.auth import AuthError, check_bearer
-from signaling.registry import RegistryFull
-from signaling.tickets import make_ticket, ticket_keys
+from signaling.app_keys import NODE_KEY
+from webrtc_cast.access.tickets import make_ticket, ticket_keys
+from webrtc_cast.access.tokens import AuthError, check_bearer
 from webrtc_cast.sfu_tree.placement import BadReport, NodeLoad
+from webrtc_cast.sfu_tree.registry import RegistryFull
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ def full_response(node) -> web.Response:  # noqa: ANN001 - Node
 
 
 def _tree(request: web.Request):  # noqa: ANN202
-    from signaling.http_api import NODE_KEY
-
     node = request.app[NODE_KEY]
     tree = getattr(node, "tree", None)
     if tree is not None and tree.registry is None and tree.origin_url and tree.origin_url != tree.url:

@@ -9,8 +9,9 @@ import re
 import time
 from collections.abc import Callable
 
-from signaling import negotiation, sdp
 from webrtc_cast.metrics import NodeMetrics
+from webrtc_cast.sdp import description as sdp
+from webrtc_cast.sdp import negotiation
 from webrtc_cast.settings import Settings
 from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport, generate_certificate
 from webrtc_cast.sfu_tree.broadcast import Broadcast
@@ -55,6 +56,8 @@ class Node:
         # listeners (the LL-HLS packagers): a Broadcast was created / removed from this node
         self.on_broadcast_created: list[Callable[[Broadcast], None]] = []
         self.on_broadcast_removed: list[Callable[[Broadcast], None]] = []
+        # listeners (the WHEP event streams): a broadcast's layers, liveness or audience changed
+        self.on_broadcast_event: list[Callable[[Broadcast, list[ViewerSession], str], None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -267,12 +270,11 @@ class Node:
 
     def _broadcast_event(self, broadcast: Broadcast, what: str) -> None:
         """Layers, liveness or audience changed: automatic selection may move viewers; SSE streams hear it."""
-        from signaling import whep_extensions  # the signaling layer renders the events
-
         if what == "layers":
             broadcast.reselect_all(time.monotonic())
         viewers = [s for s in self.sessions.values() if s.role == "whep" and s.broadcast is broadcast]
-        whep_extensions.notify(broadcast, viewers, what)  # type: ignore[arg-type]
+        for listener in self.on_broadcast_event:
+            listener(broadcast, viewers, what)  # type: ignore[arg-type]
 
     # -- counters read at scrape time ----------------------------------------------------------------------
     def forwarding_totals(self) -> dict[str, tuple[int, int]]:

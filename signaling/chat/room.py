@@ -13,7 +13,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from signaling.chat import protocol as p
-from signaling.rate_limit import RateLimiter
+from webrtc_cast.access.rate_limit import RateLimiter
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,8 @@ import ssl
 import aiohttp
 import pytest
 
-from signaling import sdp
 from tests.conftest import make_offer, run_node
+from webrtc_cast.sdp import description as sdp
 
 SDP = {"Content-Type": "application/sdp"}
 TRICKLE = "application/trickle-ice-sdpfrag"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from signaling.auth import MAX_TOKEN_LENGTH, AuthError, check_bearer
+from webrtc_cast.access.tokens import MAX_TOKEN_LENGTH, AuthError, check_bearer
 
 PUBLISH = ["pub-secret", "pub-other"]
 WATCH = ["watch-secret"]

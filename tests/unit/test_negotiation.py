@@ -6,9 +6,9 @@ import pytest
 from aiortc import RTCPeerConnection
 from hypothesis import HealthCheck, given, settings
 
-from signaling.negotiation import dtls_setup, h264_profile, plan_publisher, plan_viewer, validate_offer
-from signaling.sdp import Codec, SdpError, SdpUnsupported, TransportParams, parse, write_answer
 from tests.unit.offers import CHROME_OFFER, FFMPEG_OFFER, FINGERPRINT, chrome_viewer_offer, edit, mutated_offer
+from webrtc_cast.sdp.description import Codec, SdpError, SdpUnsupported, TransportParams, parse, write_answer
+from webrtc_cast.sdp.negotiation import dtls_setup, h264_profile, plan_publisher, plan_viewer, validate_offer
 
 H264_CB = Codec(106, "H264", 90000, fmtp={"packetization-mode": "1", "profile-level-id": "42e01f"})
 OPUS = Codec(111, "opus", 48000, 2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from signaling.registry import MemoryRegistry
 from webrtc_cast.sfu_tree.placement import (
     BadReport,
     NodeLoad,
@@ -12,6 +11,7 @@ from webrtc_cast.sfu_tree.placement import (
     choose_viewer_node,
     descendants,
 )
+from webrtc_cast.sfu_tree.registry import MemoryRegistry
 from webrtc_cast.sfu_tree.tree import LoadMeter
 
 NOW = 1_000_000.0

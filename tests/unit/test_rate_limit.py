@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signaling.rate_limit import RateLimiter
+from webrtc_cast.access.rate_limit import RateLimiter
 
 
 def test_burst_then_wait() -> None:

@@ -8,8 +8,9 @@ from aiortc import RTCPeerConnection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signaling import sdp
-from signaling.sdp import (
+from tests.unit.offers import CHROME_OFFER, FFMPEG_OFFER, FINGERPRINT, edit, mutated_offer, sdp_text
+from webrtc_cast.sdp import description as sdp
+from webrtc_cast.sdp.description import (
     AnswerSection,
     Codec,
     SdpError,
@@ -19,7 +20,6 @@ from signaling.sdp import (
     parse_trickle_fragment,
     write_answer,
 )
-from tests.unit.offers import CHROME_OFFER, FFMPEG_OFFER, FINGERPRINT, edit, mutated_offer, sdp_text
 
 
 async def aiortc_offer(*transceivers: tuple[str, str]) -> str:

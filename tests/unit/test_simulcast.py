@@ -6,11 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signaling import negotiation, sdp
-from signaling import simulcast as sim
-from signaling.sdp import Codec
 from tests.unit.offers import CHROME_OFFER, edit
 from webrtc_cast.rtp.header import build
+from webrtc_cast.sdp import description as sdp
+from webrtc_cast.sdp import negotiation
+from webrtc_cast.sdp import simulcast as sim
+from webrtc_cast.sdp.description import Codec
 from webrtc_cast.sfu_tree.broadcast import Broadcast, PublishedTrack
 from webrtc_cast.sfu_tree.forwarder import Forwarder
 

@@ -1,6 +1,6 @@
 """Placement tickets: a redirected viewer's stand-in for its Bearer token (pure)."""
 
-from signaling.tickets import check_ticket, make_ticket
+from webrtc_cast.access.tickets import check_ticket, make_ticket
 
 
 def test_a_ticket_is_valid_for_its_stream_key_and_lifetime_only():

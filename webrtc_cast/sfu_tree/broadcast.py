@@ -15,11 +15,11 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from signaling.sdp import Codec
-from signaling.simulcast import rank_hint
 from webrtc_cast.codecs import h264, keyframe_detector, vp8
 from webrtc_cast.rtp import header as rtp_header
 from webrtc_cast.rtp.header import RtpError
+from webrtc_cast.sdp.description import Codec
+from webrtc_cast.sdp.simulcast import rank_hint
 from webrtc_cast.sfu_tree.forwarder import Forwarder
 from webrtc_cast.sfu_tree.keyframe_requests import KeyframeRequests
 from webrtc_cast.sfu_tree.layer_buffer import LayerBuffer, Packet

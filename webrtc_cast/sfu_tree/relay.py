@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING
 import aiohttp
 from yarl import URL
 
-from signaling import sdp
-from signaling.negotiation import MediaPlan
-from signaling.simulcast import SimulcastPlan
+from webrtc_cast.sdp import description as sdp
+from webrtc_cast.sdp.negotiation import MediaPlan
+from webrtc_cast.sdp.simulcast import SimulcastPlan
 from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport
 from webrtc_cast.sfu_tree.sessions import PublisherSession, new_session_id
 

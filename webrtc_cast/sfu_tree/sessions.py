@@ -12,9 +12,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from signaling.negotiation import MediaPlan
 from webrtc_cast.metrics import NodeMetrics
 from webrtc_cast.rtp import rtcp
+from webrtc_cast.sdp.negotiation import MediaPlan
 from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport, RtpBatchSink, RtpSink
 from webrtc_cast.sfu_tree.broadcast import Broadcast, PublishedTrack, SourceTrack
 from webrtc_cast.sfu_tree.forwarder import Forwarder

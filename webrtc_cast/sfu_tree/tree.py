@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from signaling.registry import NodeRegistry, make_registry
 from webrtc_cast.sfu_tree import placement
 from webrtc_cast.sfu_tree.placement import NodeLoad
+from webrtc_cast.sfu_tree.registry import NodeRegistry, make_registry
 
 if TYPE_CHECKING:
     from webrtc_cast.node import Node

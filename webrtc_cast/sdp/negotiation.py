@@ -9,9 +9,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from signaling import simulcast as simulcast_sdp
-from signaling.sdp import AnswerSection, Codec, MediaSection, SdpError, SdpUnsupported, SessionDescription
-from signaling.simulcast import ABS_SEND_TIME_URI, SimulcastPlan
+from webrtc_cast.sdp import simulcast as simulcast_sdp
+from webrtc_cast.sdp.description import AnswerSection, Codec, MediaSection, SdpError, SdpUnsupported, SessionDescription
+from webrtc_cast.sdp.simulcast import ABS_SEND_TIME_URI, SimulcastPlan
 
 SUPPORTED_VIDEO = ("H264", "VP8")
 SUPPORTED_AUDIO = ("OPUS",)

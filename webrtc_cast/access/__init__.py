@@ -1,0 +1,1 @@
+"""Pure access control: bearer tokens, signed tickets, token-bucket rate limits."""
