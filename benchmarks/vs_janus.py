@@ -56,7 +56,7 @@ from webrtc_cast.workers import stop_processes
 
 logger = logging.getLogger("vs_janus")
 
-DEFAULT_STEPS = (25, 50, 75, 100, 125, 150, 200, 250, 300, 400)
+DEFAULT_STEPS = (25, 50, 75, 100, 125, 150, 200, 250, 300, 400, 500, 600, 700, 800)
 # Janus (libnice) never gathers on the loopback interface, so the whole benchmark runs in a private network
 # namespace of its own: its loopback plus a veth pair whose one end carries NETNS_ADDR. Nothing in it is reachable
 # from outside the process tree; traffic to NETNS_ADDR is local delivery, the same kernel path as 127.0.0.1.
@@ -328,6 +328,7 @@ def _digest(report: dict) -> dict:
     return {
         "max_viewers": r.get("max_viewers", 0),
         "stopped_because": r.get("stopped_because"),
+        "stopped_by": r.get("stopped_by"),
         "p99_delay_ms": r.get("p99_delay_ms"),
         "server_cpu": r.get("server_cpu"),
         "cpu_per_viewer_pct": r.get("cpu_per_viewer_pct"),
