@@ -34,7 +34,7 @@ def _serve(port: int, buffer_bytes: int) -> None:
     from aiohttp import web
 
     import webrtc_cast  # noqa: F401
-    from signaling.http_api import create_app
+    from webrtc_cast.app import create_app
     from webrtc_cast.node import Node
     from webrtc_cast.settings import Settings
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 import webrtc_cast  # noqa: F401  (first: OpenSSL settings before cryptography loads)
-from signaling.http_api import create_app
+from webrtc_cast.app import create_app
 from webrtc_cast.clients import publish, watch
 from webrtc_cast.node import Node
 from webrtc_cast.settings import Settings

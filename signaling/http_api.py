@@ -1,5 +1,6 @@
 """WHIP (RFC 9725) and WHEP (draft-ietf-wish-whep) endpoints, health, metrics and pages (aiohttp adapter).
 
+Endpoints only: the application is assembled by the composition root, :mod:`webrtc_cast.app`.
 Conformance numbers (W.., E..) refer to ../shared/conformance.md.
 """
 
@@ -8,24 +9,20 @@ from __future__ import annotations
 import logging
 import math
 import os
-import ssl
 import time
 from pathlib import Path
 
 from aiohttp import web
 
 from signaling import whep_extensions
-from signaling.app_keys import NODE_KEY
-from signaling.chat.http import register_chat_routes
-from signaling.tree_http import full_response, placement_response, register_tree_routes
+from signaling.app_keys import NODE_KEY, RELAY_LINKS_KEY, TREE_KEY
+from signaling.tree_http import full_response, placement_response
 from webrtc_cast.access.rate_limit import RateLimiter
 from webrtc_cast.access.tickets import check_ticket, ticket_keys
 from webrtc_cast.access.tokens import AuthError, check_bearer
-from webrtc_cast.hls_fallback.http import register_hls_routes
 from webrtc_cast.node import STREAM_NAME, Node, NodeFull, NotLive
 from webrtc_cast.sdp import description as sdp
 from webrtc_cast.sfu_tree.sessions import Session
-from webrtc_cast.sfu_tree.tree import Tree
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +149,9 @@ def make_endpoint_handlers(role: str):  # noqa: ANN201
         if role == "whep":
             for link in whep_extensions.link_headers(location):  # E11, E18
                 response.headers.add("Link", link)
-        if role == "relay" and getattr(node, "tree", None) is not None:
-            response.headers["X-Cast-Depth"] = str(node.tree.depth)  # the child's depth is this + 1
+        tree = request.app.get(TREE_KEY)
+        if role == "relay" and tree is not None:
+            response.headers["X-Cast-Depth"] = str(tree.depth)  # the child's depth is this + 1
         return response
 
     async def options(request: web.Request) -> web.Response:
@@ -289,9 +287,9 @@ async def healthz(request: web.Request) -> web.Response:
         },
         "sessions": len(node.sessions),
     }
-    tree = getattr(node, "tree", None)
+    tree = request.app.get(TREE_KEY)
     if tree is not None:
-        links = node.relay_links
+        links = request.app.get(RELAY_LINKS_KEY)
         body["tree"] = {
             "id": tree.id, "url": tree.url, "depth": tree.depth, "root": tree.root, "parent": tree.parent,
             "origin": tree.is_origin, "reattached": links.reconnects if links is not None else 0,
@@ -327,22 +325,13 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text=html, content_type="text/html")
 
 
-def server_ssl_context(node_settings: object) -> ssl.SSLContext | None:
-    """HTTPS when the settings name a certificate and key (PEM), else None (plain HTTP)."""
-    cert, key = getattr(node_settings, "tls_cert", None), getattr(node_settings, "tls_key", None)
-    if not cert:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    return ctx
+def web_root(settings) -> Path:  # noqa: ANN001 - Settings
+    """The folder of the browser pages: settings.web_root, else $WEBRTC_CAST_WEB_ROOT, else the packaged web/."""
+    return Path(settings.web_root or os.environ.get("WEBRTC_CAST_WEB_ROOT", DEFAULT_WEB_ROOT))
 
 
-def create_app(node: Node) -> web.Application:
-    app = web.Application(middlewares=[cors_and_errors], client_max_size=node.settings.max_sdp_bytes + 1024)
-    app[NODE_KEY] = node
-    node.on_broadcast_event.append(whep_extensions.notify)
-    app[LIMITER_KEY] = RateLimiter(node.settings.http_requests_per_second, node.settings.http_burst)
-    web_root = Path(node.settings.web_root or os.environ.get("WEBRTC_CAST_WEB_ROOT", DEFAULT_WEB_ROOT))
+def register_routes(app: web.Application, root: Path) -> None:
+    """WHIP, WHEP and relay-link endpoints (with the WHEP extensions), health, metrics and the pages."""
     for role in ("whip", "whep", "relay"):
         post, options, get = make_endpoint_handlers(role)
         app.router.add_route("POST", f"/{role}/{{stream}}", post)
@@ -363,23 +352,11 @@ def create_app(node: Node) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
-    app.router.add_get("/publish/{stream}", _page("publish.html", web_root))
-    app.router.add_get("/watch/{stream}", _page("watch.html", web_root))
-    register_chat_routes(app, node)
-    register_tree_routes(app)
-    tree = Tree(node)
-    register_hls_routes(app, node)  # LL-HLS origin: /hls/..., /static/vendor/hls.min.js (before /static)
-    if web_root.is_dir():
-        app.router.add_static("/static", web_root, follow_symlinks=False)
+    app.router.add_get("/publish/{stream}", _page("publish.html", root))
+    app.router.add_get("/watch/{stream}", _page("watch.html", root))
 
-    async def on_startup(_: web.Application) -> None:
-        await node.start()
-        await tree.start()
 
-    async def on_cleanup(_: web.Application) -> None:
-        await tree.stop()
-        await node.stop()
-
-    app.on_startup.append(on_startup)
-    app.on_cleanup.append(on_cleanup)
-    return app
+def register_static(app: web.Application, root: Path) -> None:
+    """``/static`` from the pages folder (registered last: more specific /static/... routes go first)."""
+    if root.is_dir():
+        app.router.add_static("/static", root, follow_symlinks=False)

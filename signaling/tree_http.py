@@ -20,7 +20,7 @@ import time
 
 from aiohttp import web
 
-from signaling.app_keys import NODE_KEY
+from signaling.app_keys import NODE_KEY, TREE_KEY
 from webrtc_cast.access.tickets import make_ticket, ticket_keys
 from webrtc_cast.access.tokens import AuthError, check_bearer
 from webrtc_cast.sfu_tree.placement import BadReport, NodeLoad
@@ -28,8 +28,6 @@ from webrtc_cast.sfu_tree.registry import RegistryFull
 
 logger = logging.getLogger(__name__)
 
-MAX_REPORT_BYTES = 64 * 1024
-MAX_AVOID = 8
 FULL_BODY = json.dumps({"error": "full", "fallback": "hls"})
 
 
@@ -43,7 +41,7 @@ def full_response(node) -> web.Response:  # noqa: ANN001 - Node
 
 def _tree(request: web.Request):  # noqa: ANN202
     node = request.app[NODE_KEY]
-    tree = getattr(node, "tree", None)
+    tree = request.app.get(TREE_KEY)
     if tree is not None and tree.registry is None and tree.origin_url and tree.origin_url != tree.url:
         # a relay: the registry is at its origin (307 keeps method and body, so a report simply follows)
         raise web.HTTPTemporaryRedirect(f"{tree.origin_url}{request.path_qs}")
@@ -60,9 +58,10 @@ async def register(request: web.Request) -> web.Response:
     node, tree = _tree(request)
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(text="Content-Type must be application/json\n")
-    raw = await request.content.read(MAX_REPORT_BYTES + 1)
-    if len(raw) > MAX_REPORT_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_REPORT_BYTES, actual_size=len(raw))
+    limit = node.settings.tree_max_report_bytes
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
     try:
         load = NodeLoad.from_mapping(json.loads(raw), reported_at=time.time())
     except (ValueError, BadReport) as exc:
@@ -96,9 +95,9 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 
 async def choose_parent(request: web.Request) -> web.Response:
-    _, tree = _tree(request)
+    node, tree = _tree(request)
     child = request.query.get("url", "")
-    avoid = request.query.getall("avoid", [])[:MAX_AVOID]
+    avoid = request.query.getall("avoid", [])[:node.settings.tree_max_avoid]
     stream = request.query.get("stream") or None
     choice = await tree.place_parent(child, avoid, stream)
     if choice is None:
@@ -108,11 +107,11 @@ async def choose_parent(request: web.Request) -> web.Response:
 
 async def placement_response(request: web.Request, node, stream: str) -> web.Response | None:  # noqa: ANN001
     """At an origin with placement on: 307 to the chosen node, 503 when the tree is full, None: serve here."""
-    tree = getattr(node, "tree", None)
+    tree = request.app.get(TREE_KEY)
     if tree is None or tree.registry is None or not node.settings.placement:
         return None
     locality = request.query.get("locality") or request.headers.get("X-Cast-Locality") or None
-    avoid = [a.rstrip("/") for a in request.query.getall("avoid", [])[:MAX_AVOID]]
+    avoid = [a.rstrip("/") for a in request.query.getall("avoid", [])[:node.settings.tree_max_avoid]]
     try:
         choice = await tree.place_viewer(stream, locality, avoid)
     except Exception as exc:  # noqa: BLE001 - a registry outage must not stop viewing: serve here

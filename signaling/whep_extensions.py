@@ -17,19 +17,19 @@ import contextlib
 import json
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
+from signaling.app_keys import NODE_KEY
 from webrtc_cast.sfu_tree.broadcast import Broadcast
 from webrtc_cast.sfu_tree.sessions import ViewerSession
 
 LAYER_REL = "urn:ietf:params:whep:ext:core:layer"
 SSE_REL = "urn:ietf:params:whep:ext:core:server-sent-events"
 SUPPORTED_EVENTS = ("active", "inactive", "layers", "viewercount")
-MAX_JSON_BYTES = 4096
-MAX_STREAMS_PER_SESSION = 4
-SSE_QUEUE = 32  # events held per stream; a slow reader loses the oldest (each event is a full state snapshot)
+# Limits are settings (webrtc_cast/settings.py): whep_max_json_bytes, whep_max_event_streams, whep_sse_queue,
+# whep_sse_keepalive.
 
 
 def link_headers(session_url: str) -> list[str]:
@@ -63,7 +63,7 @@ def layers_event(broadcast: Broadcast, session: ViewerSession) -> dict[str, list
 class EventStream:
     id: str
     events: frozenset[str]
-    queue: asyncio.Queue[tuple[str, str] | None] = field(default_factory=lambda: asyncio.Queue(SSE_QUEUE))
+    queue: asyncio.Queue[tuple[str, str] | None]  # bounded: a slow reader loses the oldest (full snapshots)
     closed: bool = False
 
     def push(self, event: str, data: object) -> None:
@@ -96,9 +96,10 @@ def notify(broadcast: Broadcast, sessions: list[ViewerSession], what: str) -> No
 async def _json_body(request: web.Request) -> object:
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(text="Content-Type must be application/json\n")
-    raw = await request.content.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_JSON_BYTES, actual_size=len(raw))
+    limit = request.app[NODE_KEY].settings.whep_max_json_bytes
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -145,9 +146,10 @@ async def create_event_stream(request: web.Request, session: ViewerSession, sess
     unknown = [e for e in body if e not in SUPPORTED_EVENTS]
     if unknown:
         raise web.HTTPBadRequest(text=f"unsupported event types: {unknown}; supported: {list(SUPPORTED_EVENTS)}\n")
-    if len(session.event_streams) >= MAX_STREAMS_PER_SESSION:
+    settings = request.app[NODE_KEY].settings
+    if len(session.event_streams) >= settings.whep_max_event_streams:
         raise web.HTTPTooManyRequests(text="too many event streams for this session\n")
-    stream = EventStream(secrets.token_urlsafe(12), frozenset(body))
+    stream = EventStream(secrets.token_urlsafe(12), frozenset(body), asyncio.Queue(settings.whep_sse_queue))
     session.event_streams[stream.id] = stream
     broadcast = session.broadcast
     stream.push("layers", layers_event(broadcast, session))
@@ -164,11 +166,12 @@ async def serve_event_stream(request: web.Request, session: ViewerSession) -> we
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
+    keepalive = request.app[NODE_KEY].settings.whep_sse_keepalive
     await response.prepare(request)
     try:
         while True:
             try:
-                item = await asyncio.wait_for(stream.queue.get(), timeout=15.0)
+                item = await asyncio.wait_for(stream.queue.get(), timeout=keepalive)
             except TimeoutError:
                 await response.write(b": keep-alive\n\n")
                 continue

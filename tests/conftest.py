@@ -18,7 +18,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 import webrtc_cast  # noqa: F401  (first: sets OPENSSL_CONF before cryptography loads)
-from signaling.http_api import create_app, server_ssl_context
+from webrtc_cast.app import create_app, server_ssl_context
 from webrtc_cast.node import Node
 from webrtc_cast.settings import Settings
 from webrtc_cast.sfu_tree.aiortc_glue import use_ice_hosts
@@ -63,6 +63,9 @@ def _pending_task_dump(request: pytest.FixtureRequest):
         timer.cancel()
 
 
+APPS: dict[int, web.Application] = {}  # id(node) -> its application, while run_node runs it
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,7 +77,9 @@ async def run_node(**overrides: object) -> AsyncIterator[tuple[str, Node]]:
     """A node serving HTTP on 127.0.0.1 with ICE on 127.0.0.1; yields (base URL, node)."""
     settings = Settings(host="127.0.0.1", port=free_port(), ice_hosts=["127.0.0.1"], **overrides)  # type: ignore[arg-type]
     node = Node(settings)
-    runner = web.AppRunner(create_app(node), access_log=None)
+    app = create_app(node)
+    APPS[id(node)] = app
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=server_ssl_context(settings))
     await site.start()
@@ -82,6 +87,12 @@ async def run_node(**overrides: object) -> AsyncIterator[tuple[str, Node]]:
         yield f"http://127.0.0.1:{settings.port}", node
     finally:
         await runner.cleanup()
+        APPS.pop(id(node), None)
+
+
+def app_of(node: Node) -> web.Application:
+    """The application run_node built around ``node`` (for its tree and relay links: webrtc_cast.app)."""
+    return APPS[id(node)]
 
 
 @pytest.fixture

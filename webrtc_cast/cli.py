@@ -103,7 +103,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _run_server(settings: Settings, after_start=None) -> None:  # noqa: ANN001
-    from signaling.http_api import create_app, server_ssl_context
+    from webrtc_cast.app import create_app, server_ssl_context
     from webrtc_cast.node import Node
 
     node = Node(settings)

@@ -10,24 +10,15 @@ import time
 from collections.abc import Callable
 
 from webrtc_cast.metrics import NodeMetrics
-from webrtc_cast.sdp import description as sdp
-from webrtc_cast.sdp import negotiation
 from webrtc_cast.settings import Settings
-from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport, generate_certificate
+from webrtc_cast.sfu_tree import negotiate
+from webrtc_cast.sfu_tree.aiortc_glue import generate_certificate
 from webrtc_cast.sfu_tree.broadcast import Broadcast
-from webrtc_cast.sfu_tree.forwarder import Forwarder
-from webrtc_cast.sfu_tree.sessions import (
-    PublisherSession,
-    Session,
-    ViewerSession,
-    new_session_id,
-    random_ssrc,
-)
+from webrtc_cast.sfu_tree.sessions import Session, ViewerSession
 
 logger = logging.getLogger(__name__)
 
 STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-TICK_SECONDS = 0.1
 
 
 class NodeFull(Exception):
@@ -51,8 +42,8 @@ class Node:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tick_task: asyncio.Task[None] | None = None
         self._last_bitrate_sample = time.monotonic()
-        self.relay_links = None  # set by webrtc_cast.sfu_tree.relay.RelayLinks when this node has a parent
-        self.tree = None  # set by webrtc_cast.sfu_tree.tree.Tree: identity, load reports, placement at an origin
+        # listeners (the relay links, at a relay): a WHEP viewer asked for a stream
+        self.on_viewer_wants: list[Callable[[str], None]] = []
         # listeners (the LL-HLS packagers): a Broadcast was created / removed from this node
         self.on_broadcast_created: list[Callable[[Broadcast], None]] = []
         self.on_broadcast_removed: list[Callable[[Broadcast], None]] = []
@@ -61,19 +52,11 @@ class Node:
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self.settings.parent_url and self.relay_links is None:
-            from webrtc_cast.sfu_tree.relay import RelayLinks
-
-            RelayLinks(
-                self, self.settings.parent_url, self.settings.parent_token, self.settings.relay_linger,
-                fallback_parents=self.settings.fallback_parents,
-            )
         if self._tick_task is None:
             self._tick_task = asyncio.create_task(self._tick_loop())
 
     async def stop(self) -> None:
-        if self.relay_links is not None:
-            await self.relay_links.close()
+        """Stop housekeeping and close every session (the composition root closes relay links first)."""
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -102,86 +85,24 @@ class Node:
 
     # -- sessions -----------------------------------------------------------------------------------------
     async def create_session(self, role: str, stream: str, offer_text: str, token: str | None) -> tuple[Session, str]:
-        """Negotiate a WHIP ('whip'), WHEP ('whep') or relay-link ('relay') session.
+        """Negotiate a WHIP ('whip'), WHEP ('whep') or relay-link ('relay') session (webrtc_cast.sfu_tree.negotiate).
 
         Raises sdp.SdpError / SdpUnsupported, NodeFull, NotLive (relay links need a live stream).
-        A relay link is a viewer session that receives every simulcast layer, one SSRC per layer.
         """
-        offer = sdp.parse(offer_text)
-        negotiation.validate_offer(offer)
-        setup, dtls_role = negotiation.dtls_setup(offer)
+        offer = negotiate.read_offer(offer_text)
         if role == "whep" and self.viewer_sessions >= self.settings.max_viewers:
             raise NodeFull()
         if role == "relay" and not (stream in self.broadcasts and self.broadcasts[stream].live):
             raise NotLive()
         broadcast = self.broadcast(stream)
-        if role == "whep" and self.relay_links is not None:
-            self.relay_links.want(stream)
-        if role == "whip":
-            planned = negotiation.plan_publisher(offer, self.settings.preferred_video_codecs)
-        else:
-            planned = negotiation.plan_viewer(offer, broadcast.live_codecs())
-        first = next(s for s in offer.media if negotiation.in_use(offer, s) and s.kind in ("audio", "video"))
-        remote_ufrag = offer.media_or_session(first, "ice-ufrag") or ""
-        remote_pwd = offer.media_or_session(first, "ice-pwd") or ""
-        fingerprints = offer.fingerprints(first)
-        candidates = [v for k, v in first.attributes if k == "candidate"]
-        transport = PeerTransport(self.settings.ice_hosts, self.certificate)
-        local = await transport.gather()
-        session_id = new_session_id()
-        common = dict(
-            id=session_id,
-            stream=stream,
-            role=role,
-            transport=transport,
-            broadcast=broadcast,
-            metrics=self.metrics,
-            token=token,
-            ice_ufrag=local.ice_ufrag,
-            remote_ufrag=remote_ufrag,
+        if role == "whep":
+            for listener in self.on_viewer_wants:
+                listener(stream)
+        session, answer, start = await negotiate.answer_offer(
+            role, stream, offer, broadcast, self.settings, self.certificate, self.metrics, token
         )
-        sections = [a for a, _ in planned]
-        plans = [p for _, p in planned if p is not None]
-        session: Session
-        if role == "whip":
-            session = PublisherSession(**common, plans=plans, remb_bitrate=self.settings.ingest_max_bitrate)
-        else:
-            viewer = ViewerSession(**common, sender_report_interval=self.settings.sender_report_interval)
-            for index, section in enumerate(offer.media):
-                if section.kind == "video" and negotiation.in_use(offer, section):
-                    viewer.video_mline, viewer.video_mid = index, section.mid
-            for answer_section, plan in planned:
-                if plan is None:
-                    continue
-                layers = broadcast.video_layers() if plan.kind == "video" and role == "relay" else []
-                if len(layers) > 1:
-                    self._relay_layers(viewer, answer_section, plan, layers, stream)
-                    continue
-                fwd = Forwarder(
-                    plan.kind,
-                    plan.codec.clock_rate,
-                    random_ssrc(),
-                    plan.payload_types,
-                    plan.rtx_payload_types,
-                    random_ssrc() if plan.rtx_payload_types else None,
-                )
-                fwd.abs_send_time_id = plan.abs_send_time_id or 0
-                viewer.forwarders[plan.kind] = fwd
-                answer_section.send = sdp.SendStream(
-                    stream_id=stream, track_id=f"{stream}-{plan.kind}", ssrc=fwd.ssrc, cname=viewer.cname,
-                    rtx_ssrc=fwd.rtx_ssrc,
-                )
-            session = viewer
-        transport.set_handlers(session.on_rtp, session.on_rtcp)  # type: ignore[attr-defined]
-        if isinstance(session, PublisherSession):
-            transport.pump_ingest(session.audio_payload_types(), session.on_rtp_run, broadcast.run_limit)
-        answer = sdp.write_answer(
-            int(time.time() * 1000),
-            sdp.TransportParams(local.ice_ufrag, local.ice_pwd, local.fingerprint, setup, local.candidates),
-            sections,
-        )
-        self.sessions[session_id] = session
-        transport.start(remote_ufrag, remote_pwd, fingerprints, dtls_role, candidates)
+        self.sessions[session.id] = session
+        start()
         self._spawn(self._await_connected(session))
         return session, answer
 
@@ -189,19 +110,6 @@ class Node:
         """Run a session negotiated elsewhere (a relay link to the parent) like one made by a POST here."""
         self.sessions[session.id] = session
         self._spawn(self._await_connected(session))
-
-    def _relay_layers(self, viewer: ViewerSession, section, plan, layers, stream: str) -> None:  # noqa: ANN001
-        """A relay link's video: one pinned forwarder and SSRC per layer, announced as a SIM group + rid names."""
-        ssrcs = []
-        for layer in layers:
-            fwd = Forwarder("video", plan.codec.clock_rate, random_ssrc(), plan.payload_types)
-            fwd.pinned_rid = layer.rid
-            viewer.forwarders[layer.key] = fwd
-            ssrcs.append(fwd.ssrc)
-        section.send = sdp.SendStream(
-            stream_id=stream, track_id=f"{stream}-video", ssrc=ssrcs[0], cname=viewer.cname, layer_ssrcs=ssrcs
-        )
-        section.extra.append("x-cast-layers:" + ",".join(t.rid or "" for t in layers))
 
     def _spawn(self, coro) -> None:  # noqa: ANN001
         task = asyncio.create_task(coro)
@@ -320,7 +228,7 @@ class Node:
     # -- housekeeping -------------------------------------------------------------------------------------
     async def _tick_loop(self) -> None:
         while True:
-            await asyncio.sleep(TICK_SECONDS)
+            await asyncio.sleep(self.settings.tick_interval)
             try:
                 self.tick(time.monotonic(), time.time())
             except Exception:  # housekeeping must never stop

@@ -186,7 +186,7 @@ async def check_origin(http: aiohttp.ClientSession, base: str, stream: str) -> N
 async def test_blocked_request_gets_503_when_the_encoder_stops_and_unknown_streams_404():
     async with run_node(hls_target_duration=1, hls_segment_min=0.5) as (base, node):
         node.broadcast("stall")  # the node's hook creates the packager; feed it 2 s of real media, then nothing
-        from signaling.http_api import create_app  # noqa: F401  (the app is already running)
+        from webrtc_cast.app import create_app  # noqa: F401  (the app is already running)
 
         service = next(iter(_services(node)))
         packager = service.packagers["stall"]

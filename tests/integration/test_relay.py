@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.conftest import run_node
+from signaling.app_keys import RELAY_LINKS_KEY
+from tests.conftest import app_of, run_node
 from tests.integration.test_forwarding import FPS, ffmpeg_publisher, wait_live
 from webrtc_cast.clients import watch
 
@@ -49,7 +50,7 @@ async def test_a_relay_re_attaches_when_its_link_drops_and_viewers_keep_their_se
             link = next(s for s in origin_node.sessions.values() if s.role == "relay")
             dropped_at = time.monotonic()
             await origin_node.close_session(link)  # the parent side of the link goes away
-            while relay_node.relay_links.reconnects == 0 or not relay_node.broadcasts["heal"].live:
+            while app_of(relay_node)[RELAY_LINKS_KEY].reconnects == 0 or not relay_node.broadcasts["heal"].live:
                 assert time.monotonic() - dropped_at < 5.0, "the relay did not re-attach"
                 await asyncio.sleep(0.05)
             healed_in = time.monotonic() - dropped_at

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import free_port, make_offer, run_node
+from signaling.app_keys import RELAY_LINKS_KEY
+from tests.conftest import app_of, free_port, make_offer, run_node
 from tests.integration.test_chat_redis import redis_server
 from tests.integration.test_forwarding import FPS, ffmpeg_publisher, wait_live
 from webrtc_cast.clients import watch
@@ -112,7 +113,8 @@ async def test_two_origins_share_the_registry_in_redis(tmp_path: Path):
             await asyncio.to_thread(proc.communicate, timeout=30)
         assert report.location and report.location.startswith(f"{r}/whep/shared/"), report.to_json()
         assert report.frames_decoded >= 0.6 * FPS * 3.0, report.to_json()
-        assert r_node.relay_links is not None and r_node.relay_links.parent_url == b
+        links = app_of(r_node).get(RELAY_LINKS_KEY)
+        assert links is not None and links.parent_url == b
 
 
 def test_serve_workers_2_puts_a_second_process_behind_the_same_port(tmp_path: Path):

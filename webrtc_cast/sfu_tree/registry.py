@@ -17,11 +17,8 @@ from webrtc_cast.sfu_tree.placement import BadReport, NodeLoad
 
 logger = logging.getLogger(__name__)
 
-MAX_NODES = 10_000  # a registry refuses new nodes beyond this (a flood of fake ids cannot grow it without end)
-
-
 class RegistryFull(Exception):
-    """The registry holds MAX_NODES fresh nodes already."""
+    """The registry holds its maximum of fresh nodes (settings.registry_max_nodes) already."""
 
 
 class NodeRegistry(Protocol):
@@ -42,8 +39,9 @@ class NodeRegistry(Protocol):
 class MemoryRegistry:
     """In-process registry; reports expire ``ttl`` seconds after they were made."""
 
-    def __init__(self, ttl: float, clock=time.time) -> None:  # noqa: ANN001
+    def __init__(self, ttl: float, clock=time.time, max_nodes: int = 10_000) -> None:  # noqa: ANN001
         self.ttl = ttl
+        self.max_nodes = max_nodes  # a new node beyond this is refused (a flood of fake ids cannot grow it)
         self._clock = clock
         self._nodes: dict[str, NodeLoad] = {}
 
@@ -55,7 +53,7 @@ class MemoryRegistry:
 
     async def report(self, load: NodeLoad) -> None:
         self._expire()
-        if load.id not in self._nodes and len(self._nodes) >= MAX_NODES:
+        if load.id not in self._nodes and len(self._nodes) >= self.max_nodes:
             raise RegistryFull()
         self._nodes[load.id] = load
 
@@ -77,8 +75,12 @@ class RedisRegistry:
     ``{prefix}:nodes`` lists ids (members whose key expired are dropped on read). Reads are cached for
     ``cache_seconds`` so a burst of viewer POSTs costs one round trip."""
 
-    def __init__(self, url: str, ttl: float, prefix: str = "webrtc-cast:tree", cache_seconds: float = 0.2) -> None:
+    def __init__(
+        self, url: str, ttl: float, prefix: str = "webrtc-cast:tree", cache_seconds: float = 0.2,
+        max_nodes: int = 10_000,
+    ) -> None:
         self.url = url
+        self.max_nodes = max_nodes
         self.ttl = ttl
         self.prefix = prefix
         self.cache_seconds = cache_seconds
@@ -101,7 +103,7 @@ class RedisRegistry:
     async def report(self, load: NodeLoad) -> None:
         assert self._client is not None, "start() first"
         index = f"{self.prefix}:nodes"
-        if await self._client.scard(index) >= MAX_NODES and not await self._client.sismember(index, load.id):
+        if await self._client.scard(index) >= self.max_nodes and not await self._client.sismember(index, load.id):
             raise RegistryFull()
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.set(self._key(load.id), load.to_json(), px=max(1, int(self.ttl * 1000)))
@@ -142,5 +144,9 @@ class RedisRegistry:
         return list(found)
 
 
-def make_registry(redis_url: str | None, ttl: float, prefix: str = "webrtc-cast:tree") -> NodeRegistry:
-    return RedisRegistry(redis_url, ttl, prefix) if redis_url else MemoryRegistry(ttl)
+def make_registry(
+    redis_url: str | None, ttl: float, prefix: str = "webrtc-cast:tree", max_nodes: int = 10_000
+) -> NodeRegistry:
+    if redis_url:
+        return RedisRegistry(redis_url, ttl, prefix, max_nodes=max_nodes)
+    return MemoryRegistry(ttl, max_nodes=max_nodes)

@@ -21,76 +21,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
 from yarl import URL
 
 from webrtc_cast.sdp import description as sdp
-from webrtc_cast.sdp.negotiation import MediaPlan
-from webrtc_cast.sdp.simulcast import SimulcastPlan
-from webrtc_cast.sfu_tree.aiortc_glue import PeerTransport
-from webrtc_cast.sfu_tree.sessions import PublisherSession, new_session_id
+from webrtc_cast.sfu_tree import negotiate
+from webrtc_cast.sfu_tree.sessions import PublisherSession
 
 if TYPE_CHECKING:
     from webrtc_cast.node import Node
+    from webrtc_cast.sfu_tree.tree import Tree
 
 logger = logging.getLogger(__name__)
 
-OFFER_CODECS = {
-    "audio": [sdp.Codec(111, "opus", 48000, 2, fmtp={"minptime": "10", "useinbandfec": "1"})],
-    "video": [
-        sdp.Codec(102, "H264", 90000, fmtp={"level-asymmetry-allowed": "1", "packetization-mode": "1",
-                                             "profile-level-id": "42e01f"}, feedback=["nack", "nack pli", "ccm fir"]),
-        sdp.Codec(103, "H264", 90000, fmtp={"level-asymmetry-allowed": "1", "packetization-mode": "1",
-                                             "profile-level-id": "640c1f"}, feedback=["nack", "nack pli", "ccm fir"]),
-        sdp.Codec(96, "VP8", 90000, feedback=["nack", "nack pli", "ccm fir"]),
-    ],
-}
-
-
-def build_offer(local) -> str:  # noqa: ANN001 - aiortc_glue.LocalParameters
-    """A recvonly audio+video offer for a relay link (setup:actpass, all candidates, BUNDLE)."""
-    sections = []
-    for mid, kind in enumerate(("audio", "video")):
-        codecs = OFFER_CODECS[kind]
-        media = sdp.MediaSection(kind, 9, "UDP/TLS/RTP/SAVPF", [str(c.payload_type) for c in codecs],
-                                 attributes=[("mid", str(mid))])
-        sections.append(sdp.AnswerSection(media, accepted=True, direction="recvonly", codecs=list(codecs)))
-    transport = sdp.TransportParams(local.ice_ufrag, local.ice_pwd, local.fingerprint, "actpass", local.candidates)
-    return sdp.write_answer(secrets.randbelow(1 << 62), transport, sections)
-
-
-def plans_from_answer(answer: sdp.SessionDescription) -> list[MediaPlan]:
-    """What the parent will send: the codec it chose per kind and, for video, its layers by SSRC."""
-    plans = []
-    for section in answer.media:
-        if section.kind not in ("audio", "video") or section.port == 0 or not section.codecs:
-            continue
-        codec = section.codecs[0]
-        plan = MediaPlan(kind=section.kind, mid=section.mid or "", codec=codec,
-                         payload_types={codec.key: codec.payload_type})
-        layers = (section.attr("x-cast-layers") or "").split(",")
-        for value in section.attrs("ssrc-group"):
-            parts = value.split()
-            if parts and parts[0] == "SIM" and len(parts) > 2:
-                ssrcs = [int(x) for x in parts[1:]]
-                rids = layers if len(layers) == len(ssrcs) else [f"s{i}" for i in range(len(ssrcs))]
-                plan.simulcast = SimulcastPlan(rids, None, legacy_ssrcs=ssrcs)
-        plans.append(plan)
-    return plans
-
-
 class RelayLinks:
-    """One link per stream this node serves from its parent, kept while the stream has viewers."""
+    """One link per stream this node serves from its parent, kept while the stream has viewers.
+
+    Built by the composition root (webrtc_cast.app), which subscribes :meth:`want` to ``node.on_viewer_wants``
+    and :meth:`Tree.set_parent` to ``on_parent_change``. ``tree`` (read only here) gives the origin to ask for a
+    new parent, this node's URL and the registry's credentials.
+    """
 
     def __init__(
         self, node: Node, parent_url: str, token: str | None = None, linger: float = 10.0,
-        fallback_parents: list[str] | tuple[str, ...] = (),
+        fallback_parents: list[str] | tuple[str, ...] = (), tree: Tree | None = None,
     ) -> None:
         self.node = node
+        self.tree = tree
+        # listeners: this node's parent changed (url, the parent's depth when it said one, else None)
+        self.on_parent_change: list[Callable[[str, int | None], None]] = []
         self.parents = list(dict.fromkeys(p.rstrip("/") for p in (parent_url, *fallback_parents)))
         self.parent_url = self.parents[0]  # the current parent of every link of this node
         self.token = token
@@ -102,7 +65,6 @@ class RelayLinks:
         self.reconnects = 0
         self.parent_changes = 0
         self.last_heal_seconds: float | None = None
-        node.relay_links = self
 
     def want(self, stream: str) -> None:
         task = self._tasks.get(stream)
@@ -125,6 +87,7 @@ class RelayLinks:
 
     async def _keep(self, stream: str) -> None:
         backoff = 0.2
+        backoff_max = self.node.settings.relay_retry_max
         idle_since: float | None = None
         while True:
             if not self._wanted(stream):
@@ -141,12 +104,12 @@ class RelayLinks:
                 if await self._parent_gone(parent, stream):
                     continue  # another parent: try it at once
                 await asyncio.sleep(backoff)
-                backoff = min(2.0, backoff * 2)
+                backoff = min(backoff_max, backoff * 2)
                 continue
             except (aiohttp.ClientError, sdp.SdpError, ValueError) as exc:
                 logger.info("relay %s: parent %s not live or refused (%s); retrying", stream, parent, exc)
                 await asyncio.sleep(backoff)
-                backoff = min(2.0, backoff * 2)
+                backoff = min(backoff_max, backoff * 2)
                 continue
             backoff = 0.2
             reason = await self._supervise(stream, session, parent)
@@ -214,7 +177,7 @@ class RelayLinks:
                 return True  # another link already moved us
             new = await self._ask_origin(dead, stream)
             if new is None:
-                tree = self.node.tree
+                tree = self.tree
                 ring = list(dict.fromkeys([*self.parents, *([tree.origin_url] if tree and tree.origin_url else [])]))
                 if dead in ring and len(ring) > 1:
                     new = ring[(ring.index(dead) + 1) % len(ring)]
@@ -225,19 +188,19 @@ class RelayLinks:
             logger.info("relay: parent %s is gone; re-attaching to %s", dead, new)
             self.parent_url = new
             self.parent_changes += 1
-            if self.node.tree is not None:
-                self.node.tree.parent = new
+            for listener in self.on_parent_change:
+                listener(new, None)
             return True
 
     async def _ask_origin(self, dead: str, stream: str) -> str | None:
-        tree = self.node.tree
+        tree = self.tree
         if tree is None or not tree.origin_url or tree.origin_url == dead:
             return None
         params = {"url": tree.url, "avoid": dead, "stream": stream}
         timeout = aiohttp.ClientTimeout(total=max(0.2, self.node.settings.relay_probe_timeout))
         try:
             async with aiohttp.ClientSession(timeout=timeout) as http, http.get(
-                f"{tree.origin_url}/nodes/parent", params=params, headers=tree._auth()
+                f"{tree.origin_url}/nodes/parent", params=params, headers=tree.auth_headers()
             ) as r:
                 if r.status != 200:
                     return None
@@ -249,49 +212,31 @@ class RelayLinks:
 
     async def _connect(self, stream: str, parent: str) -> PublisherSession:
         node = self.node
-        transport = PeerTransport(node.settings.ice_hosts, node.certificate)
+        transport = negotiate.link_transport(node.settings, node.certificate)
         try:
             try:
                 local = await transport.gather()
             except OSError as exc:  # a local problem: not a reason to leave the parent
                 raise ValueError(f"cannot gather ICE candidates: {exc}") from exc
             headers = {"Content-Type": "application/sdp", **self._headers()}
-            timeout = aiohttp.ClientTimeout(total=5)
+            timeout = aiohttp.ClientTimeout(total=node.settings.relay_connect_timeout)
             url = f"{parent}/relay/{stream}"
             async with aiohttp.ClientSession(timeout=timeout) as http, http.post(
-                url, data=build_offer(local), headers=headers
+                url, data=negotiate.build_offer(local), headers=headers
             ) as r:
                 body = await r.text()
                 if r.status != 201:
                     raise ValueError(f"parent answered {r.status}: {body.strip()[:200]}")
                 location = r.headers.get("Location")
                 depth = r.headers.get("X-Cast-Depth", "")
-            answer = sdp.parse(body)
-            first = answer.media[0]
-            setup = (answer.media_or_session(first, "setup") or "passive").lower()
-            broadcast = node.broadcast(stream)
-            session = PublisherSession(
-                id=new_session_id(), stream=stream, role="whip", transport=transport, broadcast=broadcast,
-                metrics=node.metrics, token=None, ice_ufrag=local.ice_ufrag,
-                remote_ufrag=answer.media_or_session(first, "ice-ufrag") or "",
-                plans=plans_from_answer(answer),
-            )
-            transport.set_handlers(session.on_rtp, session.on_rtcp)
-            transport.pump_ingest(session.audio_payload_types(), session.on_rtp_run, broadcast.run_limit)
-            transport.start(
-                session.remote_ufrag,
-                answer.media_or_session(first, "ice-pwd") or "",
-                answer.fingerprints(first),
-                "client" if setup == "passive" else "server",
-                [v for k, v in first.attributes if k == "candidate"],
-            )
+            session = negotiate.accept_link_answer(transport, local, body, stream, node.broadcast, node.metrics)
         except BaseException:
             await transport.close()
             raise
         if location:
             self._session_urls[session.id] = str(URL(url).join(URL(location)))
-        if depth.isdigit() and len(depth) < 4 and node.tree is not None:
-            node.tree.depth = int(depth) + 1
-            node.tree.parent = parent
+        if depth.isdigit() and len(depth) < 4:
+            for listener in self.on_parent_change:
+                listener(parent, int(depth))
         node.adopt_session(session)
         return session

@@ -57,7 +57,8 @@ def public_url(settings) -> str:  # noqa: ANN001 - Settings
 
 
 class Tree:
-    """This node's membership in the tree (``node.tree``)."""
+    """This node's membership in the tree. Built and started by the composition root (webrtc_cast.app); it reads
+    the node's load and never writes into it. Relay links tell it their parent through :meth:`set_parent`."""
 
     def __init__(self, node: Node, registry: NodeRegistry | None = None) -> None:
         s = node.settings
@@ -70,14 +71,14 @@ class Tree:
         self.depth = 0 if self.is_origin else 1  # a relay: parent's depth + 1 once a link tells it
         self.parent: str | None = None if self.is_origin else s.parent_url.rstrip("/")
         self.registry = registry if registry is not None else (
-            make_registry(s.redis_url, s.node_report_ttl, s.tree_redis_prefix) if self.is_origin else None
+            make_registry(s.redis_url, s.node_report_ttl, s.tree_redis_prefix, s.registry_max_nodes)
+            if self.is_origin else None
         )
         self.meter = LoadMeter()
         self._pending: dict[str, tuple[float, int]] = {}  # node id -> (since wall time, viewers sent since)
         self._suspects: dict[str, float] = {}  # node URL -> wall time a viewer reported it failed (?avoid=)
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
-        node.tree = self
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -96,8 +97,9 @@ class Tree:
             if self.registry is not None:
                 await self.registry.remove(self.id)
             elif self.origin_url and self._http is not None:
-                async with self._http.delete(f"{self.origin_url}/nodes/{self.id}", headers=self._auth(),
-                                             timeout=aiohttp.ClientTimeout(total=1)) as r:
+                timeout = aiohttp.ClientTimeout(total=self.node.settings.tree_leave_timeout)
+                async with self._http.delete(f"{self.origin_url}/nodes/{self.id}", headers=self.auth_headers(),
+                                             timeout=timeout) as r:
                     await r.read()
         if self.registry is not None:
             await self.registry.stop()
@@ -105,9 +107,16 @@ class Tree:
             await self._http.close()
             self._http = None
 
-    def _auth(self) -> dict[str, str]:
+    def auth_headers(self) -> dict[str, str]:
+        """What this node sends to the registry and the origin: the first cluster token, if any."""
         tokens = self.node.settings.cluster_tokens
         return {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
+
+    def set_parent(self, parent: str, parent_depth: int | None = None) -> None:
+        """A relay link attached to ``parent`` (whose depth, when it said, is ``parent_depth``)."""
+        self.parent = parent
+        if parent_depth is not None:
+            self.depth = parent_depth + 1
 
     # -- load -----------------------------------------------------------------------------------------------
     def sample(self) -> None:
@@ -143,9 +152,11 @@ class Tree:
 
     async def _report_to_origin(self) -> None:
         if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.node.settings.tree_report_timeout)
+            )
         body = self.load().to_json()
-        headers = {"Content-Type": "application/json", **self._auth()}
+        headers = {"Content-Type": "application/json", **self.auth_headers()}
         async with self._http.post(f"{self.origin_url}/nodes", data=body, headers=headers) as r:
             if r.history:  # a relay pointed us at its origin (307): report there directly from now on
                 self.origin_url = str(r.url).rsplit("/nodes", 1)[0]
@@ -171,8 +182,9 @@ class Tree:
         if len(placement.fresh(nodes, now, self.node.settings.node_report_ttl)) <= 1:
             return nodes[0]
         avoid = [a for a in avoid if a != self.url]  # this node is answering: it is not gone
+        s = self.node.settings
         for url in avoid:  # a viewer lost this node: skip it for everyone until it reports again
-            if len(self._suspects) < 1000 or url in self._suspects:
+            if len(self._suspects) < s.tree_max_suspects or url in self._suspects:
                 self._suspects[url] = now
         suspects = []
         for n in nodes:
@@ -181,7 +193,7 @@ class Tree:
                 suspects.append(n.id)
             elif since is not None:
                 del self._suspects[n.url]
-        for url in [u for u, t in self._suspects.items() if now - t > 60]:
+        for url in [u for u, t in self._suspects.items() if now - t > s.tree_suspect_seconds]:
             del self._suspects[url]
         pending = {}
         for n in nodes:
