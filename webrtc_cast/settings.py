@@ -84,6 +84,21 @@ class Settings:
     chat_ban_addresses: bool = True  # a ban also bans the client address (all its connections)
     chat_redis_prefix: str = "webrtc-cast:chat"  # Redis key and channel prefix
     chat_redis_ttl: int = 7 * 86400  # seconds a room's Redis keys live after its last change
+    # -- tree, relay and signaling limits
+    tick_interval: float = 0.1  # seconds between a node's housekeeping ticks (session ticks, bitrate samples)
+    registry_max_nodes: int = 10_000  # nodes a registry holds; a new node beyond it: 503 (fake ids cannot grow it)
+    tree_max_report_bytes: int = 64 * 1024  # larger load reports (POST /nodes): 413
+    tree_max_avoid: int = 8  # ?avoid= values read from a WHEP POST or GET /nodes/parent; the rest are ignored
+    tree_max_suspects: int = 1000  # node URLs viewers reported failed, remembered at an origin
+    tree_suspect_seconds: float = 60.0  # how long a suspect is remembered without a newer report from it
+    tree_report_timeout: float = 2.0  # seconds a relay's load report to its origin may take
+    tree_leave_timeout: float = 1.0  # seconds a relay's DELETE /nodes/{id} at shutdown may take
+    relay_connect_timeout: float = 5.0  # seconds the POST {parent}/relay/{stream} of a relay link may take
+    relay_retry_max: float = 2.0  # seconds: the longest wait between attempts to reach a refusing parent
+    whep_max_json_bytes: int = 4096  # larger layer-selection / SSE bodies: 413
+    whep_max_event_streams: int = 4  # SSE event streams per WHEP session; beyond: 429
+    whep_sse_queue: int = 32  # events held per SSE stream; a slow reader loses the oldest
+    whep_sse_keepalive: float = 15.0  # seconds of no event before an SSE keep-alive comment
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
