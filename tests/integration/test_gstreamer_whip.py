@@ -5,7 +5,7 @@ venv). All media stays on 127.0.0.1: the peer tells libnice to gather on 127.0.0
 
 Both DTLS roles are covered: with webrtcbin's ``a=setup:actpass`` the server answers passive and is the DTLS
 server (webrtcbin's RSA certificate is then a client certificate); with a ``passive`` offer the server is the DTLS
-client and must accept an RSA server certificate (``DTLS_CIPHERS`` in ``aiortc_glue.py``).
+client and must accept an RSA server certificate (``DTLS_CIPHERS`` in ``aiortc_glue/dtls.py``).
 
 webrtcbin's RTP packets are up to 1400 bytes (rtph264pay's default mtu), larger than what browsers, FFmpeg and
 aiortc send (~1200).

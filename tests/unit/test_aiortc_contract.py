@@ -1,4 +1,4 @@
-"""The aiortc / aioice internals that webrtc_cast/sfu_tree/aiortc_glue.py relies on.
+"""The aiortc / aioice internals that webrtc_cast/sfu_tree/aiortc_glue/ relies on.
 
 When an upgrade moves one of them, this fails first and names it, instead of a session failing at run time.
 """

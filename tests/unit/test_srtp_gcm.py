@@ -90,7 +90,7 @@ def test_batch_sink_sends_every_packet_as_its_own_datagram(gso, monkeypatch):
     packet is short)."""
     import socket
 
-    from webrtc_cast.sfu_tree import aiortc_glue
+    from webrtc_cast.sfu_tree.aiortc_glue import srtp_send as aiortc_glue  # _gso lives there
 
     monkeypatch.setattr(aiortc_glue, "_gso", [gso])
     key, salt = os.urandom(16), os.urandom(12)

@@ -1,271 +1,38 @@
-"""The one place that touches aiortc / aioice internals (DESIGN.md §2, §6).
-
-Everything else in webrtc-cast talks to a :class:`PeerTransport`: ICE on the configured host addresses, DTLS
-with SRTP keying, and raw RTP/RTCP bytes in and out. aiortc's media pipeline (RtpRouter, RTCRtpReceiver,
-jitter buffers, decoders) is never used on the server.
-
-The internals used here are pinned by the exact aiortc/aioice versions in pyproject.toml and checked by
-``tests/unit/test_aiortc_contract.py``; when an upgrade moves them, that test fails first.
-"""
+"""PeerTransport: one bundled ICE + DTLS-SRTP transport (gather, start, consent, raw RTP/RTCP in and out)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import random
 import socket
 import struct
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import aioice.ice
 import aioice.stun
 import pylibsrtp
-from aiortc.rtcdtlstransport import (
-    SRTP_PROFILES,
-    RTCCertificate,
-    RTCDtlsFingerprint,
-    RTCDtlsParameters,
-    RTCDtlsTransport,
-)
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsFingerprint, RTCDtlsParameters
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTransport
 from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
-from OpenSSL import SSL
-from pylibsrtp._binding import ffi as _srtp_ffi
-from pylibsrtp._binding import lib as _srtp_lib
 
 from webrtc_cast.rtp.srtp_gcm import GcmProtector
+from webrtc_cast.sfu_tree.aiortc_glue.dtls import RtcpHandler, RtpHandler, _TapDtlsTransport, certificate_fingerprint
+from webrtc_cast.sfu_tree.aiortc_glue.srtp_send import (
+    RtpBatchSink,
+    RtpSink,
+    _batch_of,
+    _gcm_protector,
+    _make_gcm_batch_sink,
+    _make_gcm_sink,
+    _make_sink,
+)
 from webrtc_cast.sfu_tree.ingest_pump import IngestPump
 
 logger = logging.getLogger(__name__)
-
-RtpHandler = Callable[[bytes, float], None]
-RtcpHandler = Callable[[bytes], None]
-# The forwarding hot path: (payload view, first byte, second byte, sequence, timestamp, ssrc, header extension
-# block) -> sent? The extension block (b"" for none) is written after the 12-byte header; the caller sets the X bit.
-RtpSink = Callable[[memoryview, int, int, int, int, int, bytes], bool]
-# Several packets of one outbound stream at once: ([(payload view, first byte, second byte, sequence, timestamp)],
-# ssrc, header extension block) -> how many were sent. With AES-GCM, one UDP GSO send per run of equal sizes.
-RtpBatchSink = Callable[[list[tuple[memoryview, int, int, int, int]], int, bytes], int]
-
-# One scratch buffer for every outbound packet of the process (the hot path is single-threaded): the new RTP
-# header and the payload are written into it, protected in place by libsrtp, and sent from it. No bytes object
-# is built per viewer.
-_SCRATCH_SIZE = 2048
-_SCRATCH = _srtp_ffi.new("char[]", _SCRATCH_SIZE)
-_SCRATCH_VIEW = memoryview(_srtp_ffi.buffer(_SCRATCH))
-_SCRATCH_LEN = _srtp_ffi.new("int *")
-_MAX_PLAINTEXT = _SCRATCH_SIZE - 64  # room for the SRTP auth tag / GCM tag
-_RTP_HEADER = struct.Struct("!BBHII")
-
-
-def _make_sink(srtp_session: pylibsrtp.Session, sock: socket.socket, addr: tuple) -> RtpSink:  # type: ignore[type-arg]
-    ctx = srtp_session._srtp[0]  # pylibsrtp internal: the libsrtp context of this session
-    protect = _srtp_lib.srtp_protect
-    ok = _srtp_lib.srtp_err_status_ok
-    sendto = sock.sendto
-    pack_into = _RTP_HEADER.pack_into
-    view, buf, len_p, limit = _SCRATCH_VIEW, _SCRATCH, _SCRATCH_LEN, _MAX_PLAINTEXT
-
-    def sink(payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int, ext: bytes) -> bool:
-        h = 12 + len(ext)
-        n = h + len(payload)
-        if n > limit:
-            return False
-        pack_into(view, 0, b0, b1, seq, ts, ssrc)
-        view[12:h] = ext
-        view[h:n] = payload
-        len_p[0] = n
-        if protect(ctx, buf, len_p) != ok:
-            return False
-        try:
-            sendto(view[: len_p[0]], addr)
-        except OSError:  # full socket buffer (EAGAIN) or a vanished route: a drop the receiver can NACK
-            return False
-        return True
-
-    return sink
-
-
-def _make_gcm_sink(gcm: GcmProtector, sock: socket.socket, addr: tuple) -> RtpSink:  # type: ignore[type-arg]
-    protect_parts = gcm.protect_parts
-    sendto = sock.sendto
-    pack = _RTP_HEADER.pack
-
-    def sink(payload: memoryview, b0: int, b1: int, seq: int, ts: int, ssrc: int, ext: bytes) -> bool:
-        header = pack(b0, b1, seq, ts, ssrc) + ext if ext else pack(b0, b1, seq, ts, ssrc)
-        try:
-            # one sendto of header + ciphertext: on this machine the concatenation (~0.1 µs for 1.2 KB) plus
-            # sendto is ~0.3 µs cheaper than sendmsg of the two parts (benchmarks/hot_path.py)
-            sendto(header + protect_parts(header, payload, seq, ssrc), addr)
-        except OSError:
-            return False
-        return True
-
-    return sink
-
-
-_UDP_SEGMENT = 103  # linux/udp.h: the segment size of a UDP GSO send (a control message of SOL_UDP)
-_GSO_MAX_BYTES = 65000  # one UDP GSO send is one UDP datagram to the stack: at most 64 KiB
-_GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS
-_GSO_UNSUPPORTED = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
-_gso = [hasattr(socket, "SOL_UDP") and sys.platform == "linux"]  # cleared when the kernel refuses one
-
-
-def _make_gcm_batch_sink(gcm: GcmProtector, sock: socket.socket, addr: tuple) -> RtpBatchSink:  # type: ignore[type-arg]
-    """Protects every packet and sends each run of equal-sized packets (the last of a run may be shorter) in one
-    sendmsg with UDP_SEGMENT: the kernel splits it into the same datagrams, for a fraction of the per-datagram
-    cost of separate sendto calls (benchmarks/hot_path.py)."""
-    protect_parts = gcm.protect_parts
-    sendto = sock.sendto
-    sendmsg = sock.sendmsg
-    pack = _RTP_HEADER.pack
-    u16 = struct.Struct("=H").pack
-    level = getattr(socket, "SOL_UDP", 17)
-
-    def send_run(run: list[bytes], size: int) -> int:
-        if len(run) > 1 and _gso[0]:
-            try:
-                sendmsg(run, [(level, _UDP_SEGMENT, u16(size))], 0, addr)
-                return len(run)
-            except OSError as exc:
-                if exc.errno not in _GSO_UNSUPPORTED:
-                    return 0  # full socket buffer: the run is lost, the viewer NACKs it
-                _gso[0] = False
-                logger.warning("UDP GSO refused (%s): sending one datagram per packet", exc)
-        sent = 0
-        for packet in run:
-            try:
-                sendto(packet, addr)
-                sent += 1
-            except OSError:
-                pass
-        return sent
-
-    def batch(items: list[tuple[memoryview, int, int, int, int]], ssrc: int, ext: bytes) -> int:
-        sent = 0
-        run: list[bytes] = []
-        size = 0
-        for payload, b0, b1, seq, ts in items:
-            header = pack(b0, b1, seq, ts, ssrc) + ext if ext else pack(b0, b1, seq, ts, ssrc)
-            packet = header + protect_parts(header, payload, seq, ssrc)
-            n = len(packet)
-            if run and (n > size or len(run) >= _GSO_MAX_SEGMENTS or (len(run) + 1) * size > _GSO_MAX_BYTES):
-                sent += send_run(run, size)
-                run = []
-            if not run:
-                size = n
-            run.append(packet)
-            if n < size:  # a shorter packet can only end a run
-                sent += send_run(run, size)
-                run = []
-        if run:
-            sent += send_run(run, size)
-        return sent
-
-    return batch
-
-
-def _batch_of(sink: RtpSink) -> RtpBatchSink:
-    """A batch sink that sends packet by packet (AES-CM through libsrtp)."""
-
-    def batch(items: list[tuple[memoryview, int, int, int, int]], ssrc: int, ext: bytes) -> int:
-        sent = 0
-        for payload, b0, b1, seq, ts in items:
-            if sink(payload, b0, b1, seq, ts, ssrc, ext):
-                sent += 1
-        return sent
-
-    return batch
-
-
-_GCM_PROFILES = {b"SRTP_AEAD_AES_128_GCM": 16, b"SRTP_AEAD_AES_256_GCM": 32}
-
-
-def _gcm_protector(dtls: RTCDtlsTransport) -> GcmProtector | None:
-    """Our AES-GCM sender (RFC 7714) when DTLS negotiated a GCM profile; None for AES-CM (libsrtp then)."""
-    key_len = _GCM_PROFILES.get(dtls._ssl.get_selected_srtp_profile())
-    if key_len is None:
-        return None
-    material = dtls._ssl.export_keying_material(b"EXTRACTOR-dtls_srtp", 2 * (key_len + 12))
-    idx = 1 if dtls._role == "server" else 0  # RFC 5764 §4.2: client key, server key, client salt, server salt
-    key = material[idx * key_len : (idx + 1) * key_len]
-    salt = material[2 * key_len + idx * 12 : 2 * key_len + (idx + 1) * 12]
-    return GcmProtector(key, salt)
-
-# ECDSA and RSA suites: GStreamer webrtcbin presents an RSA certificate and aiortc's stock list is ECDSA-only,
-# so as DTLS client we could not talk to it.
-DTLS_CIPHERS = (
-    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-    b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
-    b"ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
-)
-
-
-class _CastCertificate(RTCCertificate):
-    """An aiortc certificate whose DTLS context also accepts RSA peers."""
-
-    def _create_ssl_context(self, srtp_profiles: list) -> SSL.Context:  # aiortc internal hook
-        ctx = SSL.Context(SSL.DTLS_METHOD)
-        ctx.set_options(SSL.OP_NO_TICKET)
-        # The peer's certificate is self-signed; it is checked against the SDP fingerprint after the handshake.
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *args: True)
-        ctx.use_certificate(self._cert)
-        ctx.use_privatekey(self._key)
-        ctx.set_cipher_list(DTLS_CIPHERS)
-        ctx.set_tlsext_use_srtp(b":".join(x.openssl_profile for x in srtp_profiles))
-        return ctx
-
-
-def generate_certificate() -> RTCCertificate:
-    """A fresh ECDSA P-256 certificate for DTLS (one per node is enough)."""
-    base = RTCCertificate.generateCertificate()
-    return _CastCertificate(key=base._key, cert=base._cert)
-
-
-def certificate_fingerprint(certificate: RTCCertificate, algorithm: str = "sha-256") -> str:
-    for fp in certificate.getFingerprints():
-        if fp.algorithm == algorithm:
-            return fp.value
-    raise ValueError(f"no {algorithm} fingerprint")
-
-
-@contextlib.contextmanager
-def use_ice_hosts(addresses: list[str]) -> Iterator[None]:
-    """Make aiortc's RTCPeerConnection (a client in tests and tools) gather only ``addresses``.
-
-    aioice looks up ``get_host_addresses`` at gather time and skips 127.0.0.1; this replaces it for the
-    duration of the block. Server-side transports do not need it (they gather explicitly).
-    """
-    original = aioice.ice.get_host_addresses
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
-    try:
-        yield
-    finally:
-        aioice.ice.get_host_addresses = original
-
-
-def set_ice_hosts(addresses: list[str]) -> None:
-    """Process-wide variant of :func:`use_ice_hosts` for long-running client tools."""
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
-
-
-def set_sender_target_bitrate(sender: object, bitrate: int) -> bool:
-    """Set the encoder bitrate of an aiortc RTCRtpSender (a client-side tool; aiortc has no public API).
-
-    The encoder exists only after the first frame was encoded; False until then. aiortc clamps the value
-    (H.264 0.5-3 Mbit/s, VP8 0.25-1.5 Mbit/s).
-    """
-    encoder = getattr(sender, "_RTCRtpSender__encoder", None)
-    if encoder is None or not hasattr(encoder, "target_bitrate"):
-        return False
-    encoder.target_bitrate = bitrate
-    return True
 
 
 @dataclass(slots=True)
@@ -276,67 +43,6 @@ class LocalParameters:
     candidates: list[str]  # SDP candidate attribute values (without "a=candidate:")
 
 
-class _TapDtlsTransport(RTCDtlsTransport):
-    """RTCDtlsTransport that hands decrypted RTP/RTCP bytes to callbacks instead of its RtpRouter."""
-
-    on_rtp: RtpHandler | None = None
-    on_rtcp: RtcpHandler | None = None
-    handler_errors = 0
-    last_rx = 0.0  # monotonic time of the last authenticated (decrypted) RTP or RTCP packet from the peer
-
-    on_slow_rtp: Callable[[], None] | None = None  # RTP came the aioice/aiortc way (no ingest pump on its socket)
-    pumped_srtp_errors = 0
-    on_rtp_run: Callable[[list[bytes], float], None] | None = None  # several packets of one SSRC at once
-
-    def _handler_failed(self, what: str) -> None:
-        """Count a handler's exception (logged the first time and every 1000th): it must not end the session."""
-        self.handler_errors += 1
-        if self.handler_errors == 1 or self.handler_errors % 1000 == 0:
-            logger.exception("%s handler failed (%d so far)", what, self.handler_errors)
-
-    async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:  # aiortc internal hook
-        self.deliver_rtp(data, arrival_time_ms / 1000.0)
-        if self.on_slow_rtp is not None:
-            self.on_slow_rtp()
-
-    def deliver_rtp(self, data: bytes, arrival: float) -> None:
-        self.last_rx = time.monotonic()
-        if self.on_rtp is not None:
-            try:
-                self.on_rtp(data, arrival)
-            except Exception:  # a bug in one packet's handling must not end the session (aiortc stops its loop)
-                self._handler_failed("RTP")
-
-    def deliver_srtp(self, run: list[bytes]) -> None:
-        """SRTP packets read by the ingest pump (one, or a run of one SSRC): decrypt and deliver, as aiortc's
-        receive loop would, but a run in one call to ``on_rtp_run`` when there is one."""
-        srtp = self._rx_srtp
-        if srtp is None:
-            return
-        plain = []
-        for data in run:
-            try:
-                plain.append(srtp.unprotect(data))
-            except pylibsrtp.Error:  # replayed, forged or not for us: dropped, as aiortc does
-                self.pumped_srtp_errors += 1
-        now = time.monotonic()
-        if len(plain) > 1 and self.on_rtp_run is not None:
-            self.last_rx = now
-            try:
-                self.on_rtp_run(plain, now)
-            except Exception:
-                self._handler_failed("RTP")
-            return
-        for data in plain:
-            self.deliver_rtp(data, now)
-
-    async def _handle_rtcp_data(self, data: bytes) -> None:  # aiortc internal hook
-        self.last_rx = time.monotonic()
-        if self.on_rtcp is not None:
-            try:
-                self.on_rtcp(data)
-            except Exception:
-                self._handler_failed("RTCP")
 
 
 class PeerTransport:
@@ -713,16 +419,3 @@ class PeerTransport:
             await self._ice.stop()
         self.failed.set()
 
-
-__all__ = [
-    "RtpSink",
-    "DTLS_CIPHERS",
-    "LocalParameters",
-    "PeerTransport",
-    "SRTP_PROFILES",
-    "certificate_fingerprint",
-    "generate_certificate",
-    "set_ice_hosts",
-    "set_sender_target_bitrate",
-    "use_ice_hosts",
-]
