@@ -1,3 +1,1 @@
-"""HTTP signaling: WHIP, WHEP, SDP answers, auth, rate limits."""
-
-from webrtc_cast import _openssl  # noqa: F401  (must precede any cryptography import)
+"""HTTP and WebSocket endpoints on top of the webrtc_cast core: WHIP, WHEP, relay links, registry, LL-HLS, chat."""

@@ -1,3 +1,4 @@
-"""webrtc-cast tests. Import webrtc_cast first: it points OpenSSL at its DTLS settings (see _openssl.py)."""
+"""webrtc-cast tests. OpenSSL's DTLS settings must be in place before anything loads cryptography (tests/tls.py
+does), so the glue's one import-time side effect runs first (webrtc_cast/sfu_tree/aiortc_glue/openssl_conf.py)."""
 
-import webrtc_cast  # noqa: F401
+from webrtc_cast.sfu_tree.aiortc_glue import openssl_conf  # noqa: F401

@@ -10,8 +10,13 @@ list, the DTLS transport that taps decrypted RTP/RTCP), ``srtp_send`` (the raw S
 
 The internals used here are pinned by the exact aiortc/aioice versions in pyproject.toml and checked by
 ``tests/unit/test_aiortc_contract.py``; when an upgrade moves them, that test fails first.
+
+``openssl_conf`` is imported first, before aiortc loads cryptography: the package's one import-time side effect.
 """
 
+from webrtc_cast.sfu_tree.aiortc_glue import openssl_conf  # noqa: F401  (must precede any cryptography import)
+
+# isort: split
 from aiortc.rtcdtlstransport import SRTP_PROFILES
 
 from webrtc_cast.sfu_tree.aiortc_glue.dtls import (
