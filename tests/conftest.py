@@ -17,11 +17,12 @@ import pytest
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-import webrtc_cast  # noqa: F401  (first: sets OPENSSL_CONF before cryptography loads)
-from webrtc_cast.app import create_app, server_ssl_context
+from webrtc_cast.app import create_app, server_ssl_context, tune_process
 from webrtc_cast.node import Node
 from webrtc_cast.settings import Settings
 from webrtc_cast.sfu_tree.aiortc_glue import use_ice_hosts
+
+tune_process()  # the test process runs nodes in-process, as the CLI's process does
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

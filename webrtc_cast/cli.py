@@ -103,9 +103,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _run_server(settings: Settings, after_start=None) -> None:  # noqa: ANN001
-    from webrtc_cast.app import create_app, server_ssl_context
+    from webrtc_cast.app import create_app, server_ssl_context, tune_process
     from webrtc_cast.node import Node
 
+    tune_process()
     node = Node(settings)
     app = create_app(node)
     runner = web.AppRunner(app, access_log=None)

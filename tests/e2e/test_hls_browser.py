@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 from browser import chromium_context, collect_console, free_port, screenshot, unavailable
 
+from signaling.hls_http import HLS_JS
 from tests.conftest import run_node
 from tests.integration.test_forwarding import ffmpeg_publisher, wait_live
-from webrtc_cast.hls_fallback.http import HLS_JS
 from webrtc_cast.timecode import band_height, read_timestamp
 
 pytestmark = pytest.mark.e2e

@@ -26,9 +26,9 @@ import pytest
 from browser import chromium_context, collect_console, screenshot, unavailable
 from test_hls_browser import glass_to_glass
 
+from signaling.hls_http import HLS_JS
 from tests.conftest import run_node
 from tests.integration.test_forwarding import ffmpeg_publisher, wait_live
-from webrtc_cast.hls_fallback.http import HLS_JS
 
 pytestmark = pytest.mark.e2e
 

@@ -18,10 +18,10 @@ import aiohttp
 import av
 import m3u8
 
+from signaling.hls_http import TRANSCODE_NICE
 from tests.conftest import missing_peer, run_node
 from tests.integration.test_forwarding import ffmpeg_publisher, wait_live
 from tests.unit.hls_media import rtp_feed
-from webrtc_cast.hls_fallback.http import TRANSCODE_NICE
 from webrtc_cast.timecode import read_timestamp
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,8 @@ Blocked playlist requests take a fast path (the 1,000-waiter budget is 50 ms, ~5
 path costs several times that): waiters are grouped by what they wait for and what they get back (rendition,
 _HLS_msn/_HLS_part, _HLS_skip, gzip). When a part is published, each satisfied group's complete HTTP/1.1 response
 (status line, headers, body) is built once and written straight to every waiter's transport in one callback right
-after the packager's update; the handler then returns a :class:`_Sent` marker that aiohttp treats as already written.
+after the packager's update; the handler then returns a ``SentResponse`` marker (signaling/aiohttp_glue.py)
+that aiohttp treats as already written.
 Only keep-alive HTTP/1.1 GET requests take it; anything else goes through aiohttp as usual.
 """
 
@@ -28,7 +29,6 @@ import gzip
 import logging
 import os
 import re
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +38,7 @@ from pathlib import Path
 
 from aiohttp import HttpVersion11, web
 
+from signaling.aiohttp_glue import SentResponse
 from webrtc_cast.hls_fallback.blocking import BadDirective, Directives, parse_directives, satisfied
 from webrtc_cast.hls_fallback.packager import HlsConfig, Packager
 from webrtc_cast.hls_fallback.playlist import render_media
@@ -47,7 +48,6 @@ from webrtc_cast.sfu_tree.broadcast import Broadcast
 
 logger = logging.getLogger(__name__)
 
-SWITCH_INTERVAL = 0.0005  # seconds: the longest the transcode thread keeps the GIL from the forwarding loop
 # Linux nice value of the transcode thread (per thread): on a busy core the forwarding loop's thread, woken by a
 # packet, then preempts it instead of waiting out its time slice. Not SCHED_IDLE: a thread that can be starved
 # while it holds the GIL would stall the loop whenever other processes keep the core busy.
@@ -74,17 +74,6 @@ def config_from(settings) -> HlsConfig:  # noqa: ANN001
         hold_back_parts=settings.hls_part_hold_back,
         audio_bitrate=settings.hls_audio_bitrate,
     )
-
-
-class _Sent(web.StreamResponse):
-    """A response already written to the transport by :meth:`HlsService._release`: aiohttp's prepare and
-    write_eof are no-ops for it (``_eof_sent``), and it keeps the connection alive as the bytes said."""
-
-    def __init__(self, status: int, length: int, keep_alive: bool = True) -> None:
-        super().__init__(status=status)
-        self._eof_sent = True
-        self._keep_alive = keep_alive
-        self._body_length = length
 
 
 @dataclass(eq=False, slots=True)
@@ -118,9 +107,8 @@ class HlsService:
         self._transcoder = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="hls-transcode", initializer=_lower_transcode_priority
         )
-        # The thread holds the GIL between codec calls; CPython hands it back to the forwarding loop only every
-        # switch interval (5 ms by default), which would show in the WebRTC viewers' p99 delay.
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+        # The thread holds the GIL between codec calls: the process's switch interval (set by the composition
+        # root, webrtc_cast.app.tune_process) bounds how long the forwarding loop waits for it.
         node.on_broadcast_created.append(self.attach)
         node.on_broadcast_removed.append(self.detach)
         for b in node.broadcasts.values():
@@ -371,9 +359,9 @@ async def playlist(request: web.Request) -> web.StreamResponse:
                 gz = "gzip" in request.headers.get("Accept-Encoding", "")
                 sent = await service.block(packager, rendition, d, gz, transport, 3 * td)
                 if sent is None:  # the client went away while its request was blocked: close
-                    return _Sent(200, 0, keep_alive=False)
+                    return SentResponse(200, 0, keep_alive=False)
                 if sent is not False:
-                    return _Sent(200, sent)
+                    return SentResponse(200, sent)
             else:
                 await service.wait_for(packager.stream, ready, 3 * td)
             if not ready():
