@@ -61,7 +61,7 @@ def _lower_transcode_priority() -> None:
         logger.info("hls: transcode thread keeps its priority (%s)", exc)
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
-HLS_JS = Path(__file__).resolve().parents[2] / "node_modules" / "hls.js" / "dist" / "hls.min.js"
+HLS_JS = Path(__file__).resolve().parents[1] / "node_modules" / "hls.js" / "dist" / "hls.min.js"
 _MEDIA_FILE = re.compile(r"^(?:init(\d{1,6})\.mp4|(\d{1,12})\.m4s|(\d{1,12})\.(\d{1,6})\.m4s)$")
 
 
