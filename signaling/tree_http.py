@@ -2,7 +2,9 @@
 
 * ``POST /nodes`` (JSON load report; Bearer cluster token when configured): register or refresh a node.
   Answers ``{"root": <origin id>, "interval": s, "ttl": s}``.
-* ``DELETE /nodes/{id}``: a node leaves.
+* ``DELETE /nodes/{id}``: a node leaves (never the origin's own entry: 403).
+* With no cluster token configured (and no ``open_cluster``), registration, re-attachment and placement are
+  closed: ``POST``/``DELETE /nodes`` and ``GET /nodes/parent`` answer 403 and the origin serves every viewer.
 * ``GET /nodes``: the fresh nodes as JSON (for operators and the tests).
 * ``GET /nodes/parent?url=<child>&avoid=<url>&stream=<name>``: where a relay should re-attach:
   ``{"url": ..., "depth": ...}``, or 503 when no node fits.
@@ -28,6 +30,9 @@ from webrtc_cast.sfu_tree.registry import RegistryFull
 
 logger = logging.getLogger(__name__)
 
+CLOSED_TEXT = ("this node has no cluster token: registration is closed; set --cluster-token, "
+               "or --open-cluster in a lab\n")
+
 FULL_BODY = json.dumps({"error": "full", "fallback": "hls"})
 
 
@@ -39,7 +44,12 @@ def full_response(node) -> web.Response:  # noqa: ANN001 - Node
     )
 
 
-def _tree(request: web.Request):  # noqa: ANN202
+def cluster_closed(settings) -> bool:  # noqa: ANN001 - Settings
+    """No cluster token and no explicit open cluster: nobody joins the tree, nobody is placed elsewhere."""
+    return not settings.cluster_tokens and not settings.open_cluster
+
+
+def _tree(request: web.Request, member: bool = True):  # noqa: ANN202
     node = request.app[NODE_KEY]
     tree = request.app.get(TREE_KEY)
     if tree is not None and tree.registry is None and tree.origin_url and tree.origin_url != tree.url:
@@ -47,6 +57,8 @@ def _tree(request: web.Request):  # noqa: ANN202
         raise web.HTTPTemporaryRedirect(f"{tree.origin_url}{request.path_qs}")
     if tree is None or tree.registry is None:
         raise web.HTTPNotFound(text="this node is not an origin: register with the origin\n")
+    if member and cluster_closed(node.settings):
+        raise web.HTTPForbidden(text=CLOSED_TEXT)
     try:
         check_bearer(request.headers.get("Authorization"), node.settings.cluster_tokens, [])
     except AuthError as exc:
@@ -84,12 +96,14 @@ async def register(request: web.Request) -> web.Response:
 
 async def unregister(request: web.Request) -> web.Response:
     _, tree = _tree(request)
+    if request.match_info["id"] == tree.id:
+        raise web.HTTPForbidden(text="that id is the origin's own: it cannot be removed\n")
     await tree.registry.remove(request.match_info["id"])
     return web.Response(status=204)
 
 
 async def list_nodes(request: web.Request) -> web.Response:
-    _, tree = _tree(request)
+    _, tree = _tree(request, member=False)
     nodes = sorted(await tree.nodes(), key=lambda n: (n.depth, n.url))
     return web.json_response({"origin": tree.id, "nodes": [json.loads(n.to_json()) for n in nodes]})
 
@@ -108,7 +122,7 @@ async def choose_parent(request: web.Request) -> web.Response:
 async def placement_response(request: web.Request, node, stream: str) -> web.Response | None:  # noqa: ANN001
     """At an origin with placement on: 307 to the chosen node, 503 when the tree is full, None: serve here."""
     tree = request.app.get(TREE_KEY)
-    if tree is None or tree.registry is None or not node.settings.placement:
+    if tree is None or tree.registry is None or not node.settings.placement or cluster_closed(node.settings):
         return None
     locality = request.query.get("locality") or request.headers.get("X-Cast-Locality") or None
     avoid = [a.rstrip("/") for a in request.query.getall("avoid", [])[:node.settings.tree_max_avoid]]

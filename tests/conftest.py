@@ -73,9 +73,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TEST_CLUSTER_TOKEN = "test-cluster-token"
+
+
 @contextlib.asynccontextmanager
 async def run_node(**overrides: object) -> AsyncIterator[tuple[str, Node]]:
-    """A node serving HTTP on 127.0.0.1 with ICE on 127.0.0.1; yields (base URL, node)."""
+    """A node serving HTTP on 127.0.0.1 with ICE on 127.0.0.1; yields (base URL, node). Its cluster token is
+    TEST_CLUSTER_TOKEN unless the test names its own (registration is closed without one)."""
+    overrides.setdefault("cluster_tokens", [TEST_CLUSTER_TOKEN])
     settings = Settings(host="127.0.0.1", port=free_port(), ice_hosts=["127.0.0.1"], **overrides)  # type: ignore[arg-type]
     node = Node(settings)
     app = create_app(node)

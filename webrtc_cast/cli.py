@@ -76,7 +76,12 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     tree.add_argument(
         "--cluster-token", action="append", dest="cluster_tokens", metavar="TOKEN",
         help=f"Bearer token for the registry (/nodes): an origin accepts it, a relay sends the first; "
-        f"also ${CLUSTER_TOKEN_ENV}. With none, registration is open.",
+        f"also ${CLUSTER_TOKEN_ENV}. With none, registration and placement are closed "
+        "(serve --workers generates one for its local processes).",
+    )
+    tree.add_argument(
+        "--open-cluster", action="store_true", dest="open_cluster",
+        help="LAB ONLY: with no cluster token, let any host register, be placed and link (logged at WARNING)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -99,6 +104,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         max_egress_bps=args.max_egress,
         max_cpu=args.max_cpu,
         cluster_tokens=args.cluster_tokens or [],
+        open_cluster=args.open_cluster,
     )
 
 
@@ -117,8 +123,12 @@ async def _run_server(settings: Settings, after_start=None) -> None:  # noqa: AN
     logger.info("webrtc-cast listening on %s (ICE on %s)", base, ", ".join(settings.ice_hosts))
     if not settings.publish_tokens:
         logger.warning("*** NO PUBLISH TOKEN CONFIGURED: anyone who reaches %s/whip/ can publish ***", base)
-    if not settings.parent_url and not settings.cluster_tokens:
-        logger.warning("no cluster token: any host that reaches %s/nodes can join the relay tree", base)
+    if settings.open_cluster and not settings.cluster_tokens:
+        logger.warning("*** --open-cluster: ANY host that reaches %s/nodes can join the relay tree and be sent "
+                       "viewers (a lab setting; use --cluster-token in production) ***", base)
+    elif not settings.parent_url and not settings.cluster_tokens:
+        logger.warning("no cluster token: registration is closed and every viewer is served here "
+                       "(set --cluster-token to grow a relay tree)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

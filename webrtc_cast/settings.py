@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 PUBLISH_TOKEN_ENV = "WEBRTC_CAST_PUBLISH_TOKENS"  # comma-separated Bearer tokens for WHIP
 VIEW_TOKEN_ENV = "WEBRTC_CAST_VIEW_TOKENS"  # comma-separated Bearer tokens for WHEP (empty: open)
-CLUSTER_TOKEN_ENV = "WEBRTC_CAST_CLUSTER_TOKENS"  # comma-separated Bearer tokens relays register with (empty: open)
+CLUSTER_TOKEN_ENV = "WEBRTC_CAST_CLUSTER_TOKENS"  # comma-separated Bearer tokens relays register with (empty: closed)
 
 
 @dataclass(slots=True)
@@ -50,7 +50,8 @@ class Settings:
     locality: str | None = None  # optional label (region, rack); viewers asking ?locality=X prefer such nodes
     max_egress_bps: float = 0.0  # bit/s to viewers and child relays; at it, placement sends viewers elsewhere; 0: none
     max_cpu: float = 0.0  # process CPU (1.0 = one core) at which placement sends viewers elsewhere; 0: no CPU limit
-    cluster_tokens: list[str] = field(default_factory=list)  # Bearer tokens for /nodes (register, report); empty: open
+    cluster_tokens: list[str] = field(default_factory=list)  # Bearer tokens for /nodes; empty: registration closed
+    open_cluster: bool = False  # lab only: no cluster token, yet anyone may join (WARNING)
     placement: bool = True  # an origin with registered relays answers POST /whep with 307 to the best node
     node_report_interval: float = 1.0  # seconds between load reports of each node
     node_report_ttl: float = 4.0  # seconds without a report after which a node is out of the tree

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -57,6 +58,8 @@ def worker_argv(settings: Settings, index: int, log_level: str = "info") -> list
         argv += ["--public-url", str(public.with_port((public.port or 0) + index))]
     if settings.locality:
         argv += ["--locality", settings.locality]
+    if settings.open_cluster:
+        argv += ["--open-cluster"]
     if settings.redis_url:
         argv += ["--redis", settings.redis_url]  # chat spans the workers
     return argv
@@ -73,6 +76,11 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 def run_with_workers(settings: Settings, workers: int, log_level: str, run_origin: Callable[[], None]) -> int:
     procs: list[subprocess.Popen[bytes]] = []
+    if not settings.cluster_tokens and not settings.open_cluster and not settings.parent_url:
+        # an origin's own workers: a random cluster token for this machine's processes (the origin reads the
+        # same Settings object, so it accepts exactly this token)
+        settings.cluster_tokens = [secrets.token_urlsafe(32)]
+        logger.info("no cluster token given: generated one for the %d local worker(s)", workers - 1)
     env = worker_env(settings)
     try:
         for i in range(1, workers):

@@ -58,7 +58,7 @@ async def _scenario(browser_context, log) -> None:  # noqa: ANN001
     ports = [free_port() for _ in range(3)]
     base = f"http://127.0.0.1:{ports[0]}"
     procs: list[subprocess.Popen] = []
-    common = ["--host", "127.0.0.1", "--ice-host", "127.0.0.1"]
+    common = ["--host", "127.0.0.1", "--ice-host", "127.0.0.1", "--cluster-token", "e2e-cluster-token"]
     try:
         procs.append(_spawn(["serve", *common, "--port", str(ports[0]), "--max-viewers", "0"], log))
         for port in ports[1:]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from signaling.app_keys import RELAY_LINKS_KEY
-from tests.conftest import app_of, free_port, make_offer, run_node
+from tests.conftest import TEST_CLUSTER_TOKEN, app_of, free_port, make_offer, run_node
 from tests.integration.test_chat_redis import redis_server
 from tests.integration.test_forwarding import FPS, ffmpeg_publisher, wait_live
 from webrtc_cast.clients import watch
@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST = {"node_report_interval": 0.2}
 
 
-async def _nodes(http: aiohttp.ClientSession, origin: str) -> list[dict]:
-    async with http.get(f"{origin}/nodes") as r:
+async def _nodes(http: aiohttp.ClientSession, origin: str, token: str = TEST_CLUSTER_TOKEN) -> list[dict]:
+    async with http.get(f"{origin}/nodes", headers={"Authorization": f"Bearer {token}"}) as r:
         assert r.status == 200
         return (await r.json())["nodes"]
 
@@ -132,7 +132,7 @@ def test_serve_workers_2_puts_a_second_process_behind_the_same_port(tmp_path: Pa
     log = (tmp_path / "serve.log").open("wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "webrtc_cast.cli", "serve", "--workers", "2", "--port", str(port),
-         "--max-viewers", "1"],
+         "--max-viewers", "1", "--cluster-token", TEST_CLUSTER_TOKEN],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
 
@@ -192,3 +192,30 @@ async def test_with_view_tokens_the_redirected_viewer_gets_in_with_a_ticket(http
         finally:
             await pc.close()
         assert sum(1 for s in relay_node.sessions.values() if s.role == "whep") == 1
+
+
+async def test_no_cluster_token_closes_registration_and_placement(http):
+    """Issue 17 item 1: an unauthenticated fake node with depth 0 neither registers nor receives viewers."""
+    async with run_node(cluster_tokens=[]) as (origin, _):
+        fake = {"id": "evil", "url": "http://127.0.0.1:9", "depth": 0, "max_viewers": 1000}
+        async with http.post(f"{origin}/nodes", json=fake) as r:
+            assert r.status == 403 and "registration is closed" in await r.text()
+        async with http.get(f"{origin}/nodes/parent", params={"url": "http://127.0.0.1:9"}) as r:
+            assert r.status == 403
+        async with http.post(f"{origin}/whep/live", data="v=0\r\n", headers={"Content-Type": "application/sdp"},
+                             allow_redirects=False) as r:
+            assert r.status != 307 and "Location" not in r.headers or "127.0.0.1:9" not in r.headers["Location"]
+        assert "evil" not in {n["id"] for n in await _nodes(http, origin)}
+
+
+async def test_delete_of_the_origins_own_entry_is_refused(http):
+    async with run_node(cluster_tokens=["secret"]) as (origin, _):
+        auth = {"Authorization": "Bearer secret"}
+        own = (await (await http.get(f"{origin}/nodes", headers=auth)).json())["origin"]
+        async with http.delete(f"{origin}/nodes/{own}", headers=auth) as r:
+            assert r.status == 403
+        assert own in {n["id"] for n in await _nodes(http, origin, "secret")}
+    async with run_node(cluster_tokens=[]) as (origin, _):
+        own = (await (await http.get(f"{origin}/nodes")).json())["origin"]
+        async with http.delete(f"{origin}/nodes/{own}") as r:
+            assert r.status == 403

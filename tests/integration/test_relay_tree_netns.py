@@ -108,7 +108,8 @@ class Hosts:
 
 def node_args(hosts: Hosts, name: str, *extra: str) -> list[str]:
     a = hosts.addr[name]
-    return ["--host", a, "--port", str(PORT), "--ice-host", a, "--log-level", "info", *extra]
+    return ["--host", a, "--port", str(PORT), "--ice-host", a, "--log-level", "info",
+            "--cluster-token", "netns-cluster-token", *extra]
 
 
 def in_netns(ns: str, coro_factory):  # noqa: ANN001, ANN201
