@@ -146,9 +146,12 @@ def processes() -> Iterator[list[subprocess.Popen]]:
         stop_processes(procs, timeout=5.0)
 
 
+AUTH = {"Authorization": "Bearer netns-cluster-token"}
+
+
 async def _get_json(http: aiohttp.ClientSession, url: str) -> dict | None:
     try:
-        async with http.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=1), headers=AUTH) as r:
             return await r.json() if r.status == 200 else None
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
         return None
