@@ -34,9 +34,12 @@ def _spawn(args: list[str], out) -> subprocess.Popen:  # noqa: ANN001
                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+AUTH = {"Authorization": "Bearer e2e-cluster-token"}
+
+
 def _nodes(base: str) -> list[dict]:
     try:
-        with urllib.request.urlopen(f"{base}/nodes", timeout=1) as r:
+        with urllib.request.urlopen(urllib.request.Request(f"{base}/nodes", headers=AUTH), timeout=1) as r:
             return json.loads(r.read())["nodes"]
     except OSError:
         return []
