@@ -44,11 +44,6 @@ def full_response(node) -> web.Response:  # noqa: ANN001 - Node
     )
 
 
-def cluster_closed(settings) -> bool:  # noqa: ANN001 - Settings
-    """No cluster token and no explicit open cluster: nobody joins the tree, nobody is placed elsewhere."""
-    return not settings.cluster_tokens and not settings.open_cluster
-
-
 def _tree(request: web.Request, member: bool = True):  # noqa: ANN202
     node = request.app[NODE_KEY]
     tree = request.app.get(TREE_KEY)
@@ -57,7 +52,7 @@ def _tree(request: web.Request, member: bool = True):  # noqa: ANN202
         raise web.HTTPTemporaryRedirect(f"{tree.origin_url}{request.path_qs}")
     if tree is None or tree.registry is None:
         raise web.HTTPNotFound(text="this node is not an origin: register with the origin\n")
-    if member and cluster_closed(node.settings):
+    if member and node.settings.cluster_closed:
         raise web.HTTPForbidden(text=CLOSED_TEXT)
     try:
         check_bearer(request.headers.get("Authorization"), node.settings.cluster_tokens, [])
@@ -122,7 +117,7 @@ async def choose_parent(request: web.Request) -> web.Response:
 async def placement_response(request: web.Request, node, stream: str) -> web.Response | None:  # noqa: ANN001
     """At an origin with placement on: 307 to the chosen node, 503 when the tree is full, None: serve here."""
     tree = request.app.get(TREE_KEY)
-    if tree is None or tree.registry is None or not node.settings.placement or cluster_closed(node.settings):
+    if tree is None or tree.registry is None or not node.settings.placement or node.settings.cluster_closed:
         return None
     locality = request.query.get("locality") or request.headers.get("X-Cast-Locality") or None
     avoid = [a.rstrip("/") for a in request.query.getall("avoid", [])[:node.settings.tree_max_avoid]]

@@ -101,6 +101,11 @@ class Settings:
     whep_sse_queue: int = 32  # events held per SSE stream; a slow reader loses the oldest
     whep_sse_keepalive: float = 15.0  # seconds of no event before an SSE keep-alive comment
 
+    @property
+    def cluster_closed(self) -> bool:
+        """No cluster token and no explicit open cluster: nobody joins the tree, nobody is placed elsewhere."""
+        return not self.cluster_tokens and not self.open_cluster
+
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         s = cls(**overrides)  # type: ignore[arg-type]

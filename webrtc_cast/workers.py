@@ -76,7 +76,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 def run_with_workers(settings: Settings, workers: int, log_level: str, run_origin: Callable[[], None]) -> int:
     procs: list[subprocess.Popen[bytes]] = []
-    if not settings.cluster_tokens and not settings.open_cluster and not settings.parent_url:
+    if settings.cluster_closed and not settings.parent_url:
         # an origin's own workers: a random cluster token for this machine's processes (the origin reads the
         # same Settings object, so it accepts exactly this token)
         settings.cluster_tokens = [secrets.token_urlsafe(32)]
