@@ -412,7 +412,7 @@ async def hls_js(_: web.Request) -> web.StreamResponse:
 
 
 def register_hls_routes(app: web.Application, node: Node) -> None:
-    """Add the LL-HLS origin to ``app`` (one line in signaling.http_api.create_app)."""
+    """Add the LL-HLS origin to ``app`` (one line in webrtc_cast.app.create_app)."""
     service = app[HLS_KEY] = HlsService(node)
 
     async def on_cleanup(_: web.Application) -> None:

@@ -118,7 +118,7 @@ def make_endpoint_handlers(role: str):  # noqa: ANN201
         except AuthError as exc:
             if not _placement_ticket(request, node, role, stream):
                 raise _auth_http(exc) from None
-            token = None  # sent here by the origin, which checked the token (signaling/tickets.py)
+            token = None  # sent here by the origin, which checked the token (webrtc_cast/access/tickets.py)
         if role == "whep":
             placed = await placement_response(request, node, stream)  # an origin: 307 to a relay, or 503 full
             if placed is not None:
